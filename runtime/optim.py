@@ -1,0 +1,149 @@
+"""Optimizer and learning-rate scheduler factories used by the recipes."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Tuple
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "lamb")
+SCHEDULERS = ("none", "cosine", "linear", "step", "exponential", "plateau")
+
+
+class LAMB(Optimizer):
+    """LAMB (You et al., 2019): Adam moments with a per-tensor trust ratio ||w|| / ||update||.
+
+    Bias-corrected moments as in NVIDIA's FusedLAMB; weight decay is decoupled and added to the
+    update before the trust ratio. Tensors with zero norm use a trust ratio of 1.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0, max_trust: float = 10.0):
+        if lr <= 0:
+            raise ValueError(f"LAMB learning rate must be positive, got {lr}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"LAMB betas must lie in [0, 1), got {betas}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_trust=max_trust))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("LAMB does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m_hat = exp_avg / (1 - beta1 ** state["step"])
+                v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                if group["weight_decay"] != 0:
+                    update.add_(p, alpha=group["weight_decay"])
+                w_norm, u_norm = p.norm(), update.norm()
+                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                trust = trust.clamp(max=group["max_trust"])
+                p.add_(update * trust, alpha=-group["lr"])
+        return loss
+
+
+def make_optimizer(name: str, params: Iterable, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                   betas: Tuple[float, float] = (0.9, 0.999), fused: Optional[bool] = None) -> Optimizer:
+    """Adam/AdamW (fused kernels on CUDA), SGD with momentum, or LAMB."""
+    name = name.lower()
+    params = list(params)
+    if not params:
+        raise ValueError("make_optimizer got no parameters to optimize")
+    if name in ("adam", "adamw"):
+        if fused is None:
+            fused = all((p["params"][0] if isinstance(p, dict) else p).is_cuda for p in params[:1])
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=bool(fused) or None)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "lamb":
+        return LAMB(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+class Scheduler:
+    """One interface over LambdaLR-style schedules and ReduceLROnPlateau: call ``step(metric)``.
+
+    Step-based schedules (warm-up, cosine, linear, step, exponential) advance once per call; the
+    plateau schedule warms up per call and then reduces on ``metric`` (call it once per evaluation).
+    """
+
+    def __init__(self, name: str, optimizer: Optimizer, *, warmup_steps: int = 0, total_steps: Optional[int] = None,
+                 step_size: Optional[int] = None, gamma: float = 0.1, patience: int = 5, factor: float = 0.8,
+                 min_lr: float = 0.0):
+        name = name.lower()
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+        if name in ("cosine", "linear") and not total_steps:
+            raise ValueError(f"the {name} schedule needs total_steps")
+        if name == "step" and not step_size:
+            raise ValueError("the step schedule needs step_size")
+        self.name = name
+        self.optimizer = optimizer
+        self.warmup_steps = warmup_steps
+        base = [g["lr"] for g in optimizer.param_groups]
+        floor = [min_lr / b if b > 0 else 0.0 for b in base]
+
+        def factor_at(step: int, i: int = 0) -> float:
+            if warmup_steps and step < warmup_steps:
+                return (step + 1) / warmup_steps
+            t = step - warmup_steps
+            if name == "cosine":
+                frac = min(t / max(1, total_steps - warmup_steps), 1.0)
+                return floor[i] + (1 - floor[i]) * 0.5 * (1 + math.cos(math.pi * frac))
+            if name == "linear":
+                frac = min(t / max(1, total_steps - warmup_steps), 1.0)
+                return floor[i] + (1 - floor[i]) * (1 - frac)
+            if name == "step":
+                return gamma ** (t // step_size)
+            if name == "exponential":
+                return max(gamma ** t, floor[i])
+            return 1.0
+
+        self.lambda_lr = LambdaLR(optimizer, [lambda s, i=i: factor_at(s, i) for i in range(len(base))])
+        self.plateau = (ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
+                        if name == "plateau" else None)
+
+    def step(self, metric: Optional[float] = None) -> None:
+        if self.plateau is None:
+            self.lambda_lr.step()
+        elif self.lambda_lr.last_epoch < self.warmup_steps:
+            if metric is None:  # warm-up advances per training step, not per evaluation
+                self.lambda_lr.step()
+        elif metric is not None:
+            self.plateau.step(metric)
+
+    def get_last_lr(self):
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"lambda": {k: v for k, v in self.lambda_lr.state_dict().items() if k != "lr_lambdas"},
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lambda_lr.load_state_dict({**self.lambda_lr.state_dict(), **state["lambda"]})
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
+
+def make_scheduler(name: str, optimizer: Optimizer, **kwargs) -> Scheduler:
+    return Scheduler(name, optimizer, **kwargs)
