@@ -1,0 +1,101 @@
+"""Checkpoints: atomic write, resume equals an uninterrupted run, clear errors on bad files."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from runtime.optim import make_optimizer, make_scheduler
+from runtime.precision import Precision
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 1))
+    opt = make_optimizer("adamw", model.parameters(), lr=1e-2, weight_decay=1e-2)
+    sched = make_scheduler("cosine", opt, warmup_steps=2, total_steps=10)
+    return model, opt, sched, Precision(amp=False, device="cpu")
+
+
+def _step(model, opt, sched, prec):
+    x = torch.randn(8, 4)  # drawn from the global RNG: resume must restore it
+    with prec.autocast():
+        loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+    opt.zero_grad()
+    prec.backward(loss)
+    prec.step(opt, clip_norm=1.0)
+    sched.step()
+    return loss.item()
+
+
+def test_resume_gives_same_next_losses_as_uninterrupted(tmp_path):
+    model, opt, sched, prec = _setup()
+    for _ in range(3):
+        _step(model, opt, sched, prec)
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, model, opt, sched, prec, epoch=1, step=3, extra={"best": 0.5})
+    expected = [_step(model, opt, sched, prec) for _ in range(3)]
+
+    model2, opt2, sched2, prec2 = _setup()
+    torch.manual_seed(1234)  # a different RNG stream that the checkpoint must override
+    meta = load_checkpoint(path, model2, opt2, sched2, prec2)
+    assert meta == {"epoch": 1, "step": 3, "extra": {"best": 0.5}}
+    resumed = [_step(model2, opt2, sched2, prec2) for _ in range(3)]
+    assert resumed == expected
+    assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_truncated_checkpoint_raises_clear_error(tmp_path):
+    model, opt, sched, prec = _setup()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), model, opt)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(str(path), model)
+
+
+def test_missing_and_foreign_and_mismatched_checkpoints(tmp_path):
+    model, *_ = _setup()
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(str(tmp_path / "nope.pt"), model)
+    foreign = tmp_path / "foreign.pt"
+    torch.save(model.state_dict(), foreign)
+    with pytest.raises(CheckpointError, match="not a molrecipes checkpoint"):
+        load_checkpoint(str(foreign), model)
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, model)
+    with pytest.raises(CheckpointError, match="shape differences"):
+        load_checkpoint(path, nn.Sequential(nn.Linear(4, 8), nn.Dropout(), nn.ReLU(), nn.Linear(8, 1)))
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_checkpoint(path, nn.Sequential(nn.Linear(4, 16), nn.Dropout(), nn.ReLU(), nn.Linear(16, 1), nn.Linear(1, 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        load_checkpoint(path, model, optimizer=opt)
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model, *_ = _setup()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), model, step=1)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(str(path), model, step=2)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"], "a temporary file was left behind"
+
+
+def test_keep_last_prunes_numbered_copies(tmp_path):
+    model, *_ = _setup()
+    path = str(tmp_path / "model.pt")
+    for step in range(5):
+        save_checkpoint(path, model, step=step, keep_last=2)
+    assert sorted(os.listdir(tmp_path)) == ["model.pt", "model_step000000003.pt", "model_step000000004.pt"]
+    assert load_checkpoint(path, model)["step"] == 4
