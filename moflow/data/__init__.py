@@ -1,0 +1,1 @@
+"""MoFlow data: SMILES sources, downloads, graph encoding and the npz cache dataset."""
