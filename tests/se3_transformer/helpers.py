@@ -1,0 +1,42 @@
+"""Small random molecules and exact rotation matrices for the SE(3)-Transformer tests."""
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+
+from runtime.graph import GraphBatch
+
+
+def random_molecule(num_atoms: int, generator: torch.Generator, dtype=torch.float64) -> GraphBatch:
+    """Fully connected random point cloud with 6-D node and 4-D edge features."""
+    pos = torch.randn(num_atoms, 3, generator=generator, dtype=dtype) * 1.5
+    src, dst = torch.meshgrid(torch.arange(num_atoms), torch.arange(num_atoms), indexing="ij")
+    keep = src != dst
+    edge_index = torch.stack([src[keep], dst[keep]])
+    return GraphBatch(pos=pos, edge_index=edge_index, batch=torch.zeros(num_atoms, dtype=torch.long),
+                      ptr=torch.tensor([0, num_atoms]),
+                      node_feats=torch.randn(num_atoms, 6, generator=generator, dtype=dtype),
+                      edge_feats=torch.randn(edge_index.shape[1], 4, generator=generator, dtype=dtype))
+
+
+def random_batch(sizes=(4, 6), seed: int = 0, dtype=torch.float64) -> GraphBatch:
+    g = torch.Generator().manual_seed(seed)
+    return GraphBatch.collate([random_molecule(n, g, dtype) for n in sizes])
+
+
+def moved(batch: GraphBatch, rotation: torch.Tensor, translation: torch.Tensor) -> GraphBatch:
+    return GraphBatch(pos=batch.pos @ rotation.T + translation, edge_index=batch.edge_index, batch=batch.batch,
+                      ptr=batch.ptr, node_feats=batch.node_feats, edge_feats=batch.edge_feats)
+
+
+def wigner_d(degree: int, rotation: torch.Tensor) -> torch.Tensor:
+    """Representation matrix of ``rotation`` for ``degree`` in e3nn's real basis, exact in float64.
+
+    Solved from ``Y(R x) = D Y(x)`` by least squares (e3nn's ``D_from_matrix`` is only accurate
+    to ~1e-7, which would hide float64 errors).
+    """
+    x = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rotation = rotation.to(torch.float64)
+    y = o3.spherical_harmonics(degree, x, normalize=True, normalization="component")
+    y_rot = o3.spherical_harmonics(degree, x @ rotation.T, normalize=True, normalization="component")
+    return torch.linalg.lstsq(y, y_rot).solution.T
