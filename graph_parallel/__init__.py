@@ -1,0 +1,6 @@
+"""Graph-parallel DimeNet++ and GemNet-T/dT for OC20-style energies and forces.
+
+data -> models -> parallel -> train: ``graph_parallel.data`` reads and writes OC20 S2EF LMDBs and
+builds periodic radius graphs, ``graph_parallel.parallel`` splits one graph across the ranks of a
+graph-parallel group, ``graph_parallel.models`` holds the networks, ``graph_parallel.train`` the loop.
+"""

@@ -1,0 +1,76 @@
+"""Radius graph under periodic boundary conditions, in plain PyTorch.
+
+For each target atom i, every periodic image of every atom j within ``cutoff`` becomes an edge
+j -> i with an integer cell offset s (the source sits at ``pos[j] + s @ cell``); the
+``max_neighbors`` nearest are kept (ties broken by source index, then offset, deterministically).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+def _image_range(pos: Tensor, cell: Tensor, pbc: Sequence[bool], cutoff: float) -> Tuple[int, int, int]:
+    """How many cell repeats along each lattice vector can hold a neighbour within ``cutoff``.
+
+    A pair's separation along lattice direction a is at least |frac difference + shift| times the
+    spacing of lattice planes 1 / |b_a| (b = reciprocal vectors), so shifts up to
+    cutoff * |b_a| + (spread of fractional coordinates) suffice; atoms outside the cell are fine.
+    """
+    inv = torch.linalg.inv(cell.double())                 # columns are reciprocal vectors (no 2 pi)
+    frac = pos.double() @ inv
+    reps = []
+    for a in range(3):
+        if not pbc[a]:
+            reps.append(0)
+            continue
+        spread = (frac[:, a].max() - frac[:, a].min()).item() if len(pos) else 0.0
+        reps.append(int(math.ceil(cutoff * inv[:, a].norm().item() + spread)))
+    return tuple(reps)
+
+
+def radius_graph_pbc(pos: Tensor, cell: Tensor, cutoff: float, max_neighbors: int,
+                     pbc: Sequence[bool] = (True, True, True)) -> Tuple[Tensor, Tensor]:
+    """Edges of one structure: ``edge_index`` [2, E] (source, target) and ``cell_offsets`` [E, 3].
+
+    Edges are sorted by target atom, then by distance. ``cell`` is [3, 3] with lattice vectors as
+    rows (or [1, 3, 3]); directions with ``pbc`` False get no images.
+    """
+    if pos.dim() != 2 or pos.shape[1] != 3:
+        raise ValueError(f"pos must have shape [N, 3], got {tuple(pos.shape)}")
+    cell = cell.reshape(3, 3)
+    if cutoff <= 0 or max_neighbors < 1:
+        raise ValueError(f"cutoff must be > 0 and max_neighbors >= 1, got {cutoff} and {max_neighbors}")
+    if any(pbc) and abs(torch.linalg.det(cell.double()).item()) < 1e-8:
+        raise ValueError("periodic structure has a singular cell (zero volume)")
+    n = pos.shape[0]
+    reps = _image_range(pos, cell, pbc, cutoff) if any(pbc) else (0, 0, 0)
+    offsets = torch.tensor(list(itertools.product(*(range(-r, r + 1) for r in reps))), dtype=torch.long)
+    pos64 = pos.detach().double()
+    shifts = offsets.double() @ cell.detach().double()                           # [K, 3]
+    # vec[k, j, i] = pos[j] + shift[k] - pos[i]  (source j, target i)
+    vec = pos64[None, :, None, :] + shifts[:, None, None, :] - pos64[None, None, :, :]
+    dist2 = (vec * vec).sum(-1)                                                  # [K, N, N]
+    within = dist2 <= cutoff * cutoff
+    zero = (offsets == 0).all(1)
+    within[zero] &= ~torch.eye(n, dtype=torch.bool)                              # no self loops
+    k, src, tgt = within.nonzero(as_tuple=True)                                  # ordered by (k, j, i)
+    dist2 = dist2[k, src, tgt]
+    # Sort by (target, distance, source, offset); nonzero() order is (offset, source), so make the
+    # tie-breaking key explicit before the stable sorts.
+    tie = torch.argsort(src * len(offsets) + k, stable=True)
+    k, src, tgt, dist2 = k[tie], src[tie], tgt[tie], dist2[tie]
+    order = torch.argsort(dist2, stable=True)
+    order = order[torch.argsort(tgt[order], stable=True)]
+    k, src, tgt = k[order], src[order], tgt[order]
+    # rank of each edge among its target's edges; keep the nearest max_neighbors
+    counts = torch.bincount(tgt, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(tgt)) - starts[tgt]
+    keep = rank < max_neighbors
+    edge_index = torch.stack([src[keep], tgt[keep]])
+    return edge_index, offsets[k[keep]]
