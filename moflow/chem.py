@@ -1,0 +1,134 @@
+"""Graph tensors -> RDKit molecules, valency correction and generation metrics.
+
+All SMILES comparisons go through :func:`canonical` (RDKit canonical, aromatic form), so
+generated and training molecules are compared in one consistent representation.
+"""
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from rdkit import Chem, RDLogger
+
+from moflow.config import NO_BOND
+
+RDLogger.DisableLog("rdApp.*")
+
+_BONDS = {0: Chem.BondType.SINGLE, 1: Chem.BondType.DOUBLE, 2: Chem.BondType.TRIPLE}
+_ORDER = {Chem.BondType.SINGLE: 1, Chem.BondType.DOUBLE: 2, Chem.BondType.TRIPLE: 3}
+_PT = Chem.GetPeriodicTable()
+_CHARGEABLE = (7, 8, 16)  # N+, O+, S+ take one extra bond, as in the reference
+
+
+def _valence(mol: Chem.RWMol, idx: int) -> int:
+    return sum(_ORDER[b.GetBondType()] for b in mol.GetAtomWithIdx(idx).GetBonds())
+
+
+def _max_valence(atom: Chem.Atom) -> int:
+    return max(_PT.GetValenceList(atom.GetAtomicNum())) + max(atom.GetFormalCharge(), 0)
+
+
+def _first_overloaded(mol: Chem.RWMol) -> Optional[int]:
+    for atom in mol.GetAtoms():
+        if _valence(mol, atom.GetIdx()) > _max_valence(atom):
+            return atom.GetIdx()
+    return None
+
+
+def decode_graphs(adj: torch.Tensor, x: torch.Tensor):
+    """Model output -> (atom codes [B, N], bond codes [B, N, N]) as numpy arrays (argmax)."""
+    return x.argmax(-1).cpu().numpy(), adj.argmax(1).cpu().numpy()
+
+
+def construct_mol(atom_codes: np.ndarray, bond_codes: np.ndarray, atomic_nums: Sequence[int]) -> Chem.RWMol:
+    """Build a molecule from codes; N/O/S exceeding their valence by one become cations."""
+    none_code = len(atomic_nums)
+    present = np.flatnonzero(atom_codes != none_code)
+    mol = Chem.RWMol()
+    for k in present:
+        mol.AddAtom(Chem.Atom(int(atomic_nums[atom_codes[k]])))
+    for i_new, i in enumerate(present):
+        for j_new, j in enumerate(present[:i_new]):
+            code = int(bond_codes[i, j])
+            if code == NO_BOND:
+                continue
+            mol.AddBond(int(i_new), int(j_new), _BONDS[code])
+            for a in (i_new, j_new):
+                atom = mol.GetAtomWithIdx(int(a))
+                if (atom.GetAtomicNum() in _CHARGEABLE and atom.GetFormalCharge() == 0
+                        and _valence(mol, int(a)) == _max_valence(atom) + 1):
+                    atom.SetFormalCharge(1)
+    return mol
+
+
+def correct_mol(mol: Chem.RWMol) -> Chem.Mol:
+    """Valency correction: lower the highest-order bond of an overloaded atom until none is left,
+    then keep the largest fragment."""
+    mol = Chem.RWMol(mol)
+    idx = _first_overloaded(mol)
+    while idx is not None:
+        bonds = sorted(mol.GetAtomWithIdx(idx).GetBonds(), key=lambda b: _ORDER[b.GetBondType()], reverse=True)
+        b = bonds[0]
+        i, j, order = b.GetBeginAtomIdx(), b.GetEndAtomIdx(), _ORDER[b.GetBondType()]
+        mol.RemoveBond(i, j)
+        if order > 1:
+            mol.AddBond(i, j, _BONDS[order - 2])
+        idx = _first_overloaded(mol)
+    if mol.GetNumAtoms() == 0:
+        return mol
+    frags = Chem.GetMolFrags(mol.GetMol(), asMols=True, sanitizeFrags=False)
+    return max(frags, key=lambda m: m.GetNumAtoms())
+
+
+def valid_smiles(mol: Optional[Chem.Mol]) -> Optional[str]:
+    """Canonical SMILES of a valid, connected, non-empty molecule; None otherwise."""
+    if mol is None or mol.GetNumAtoms() == 0:
+        return None
+    try:
+        m = Chem.Mol(mol)
+        Chem.SanitizeMol(m)
+        smi = Chem.MolToSmiles(m)
+    except Exception:  # RDKit raises several exception types for invalid chemistry
+        return None
+    if not smi or "." in smi:
+        return None
+    return canonical(smi)
+
+
+def canonical(smiles: str) -> Optional[str]:
+    """RDKit canonical aromatic SMILES (the single form used for every comparison)."""
+    mol = Chem.MolFromSmiles(smiles)
+    return None if mol is None else Chem.MolToSmiles(mol)
+
+
+def graphs_to_smiles(atom_codes: np.ndarray, bond_codes: np.ndarray, atomic_nums: Sequence[int],
+                     correct: bool) -> List[Optional[str]]:
+    """Decode a batch to canonical SMILES (None for invalid molecules)."""
+    out = []
+    for a, b in zip(atom_codes, bond_codes):
+        mol = construct_mol(a, b, atomic_nums)
+        out.append(valid_smiles(correct_mol(mol) if correct else mol))
+    return out
+
+
+def generation_metrics(raw: Sequence[Optional[str]], corrected: Sequence[Optional[str]],
+                       train_smiles: Iterable[str]) -> Dict[str, float]:
+    """Percentages: validity (after correction), validity without correction, uniqueness and
+    novelty of the valid corrected molecules, and N.U.V. (novel unique valid over all generated).
+
+    ``train_smiles`` may be in any form (aromatic or kekulized); both sides are canonicalised.
+    """
+    n = len(corrected)
+    if n == 0 or len(raw) != n:
+        raise ValueError(f"need equally many raw and corrected results, got {len(raw)} and {n}")
+    valid = [s for s in corrected if s is not None]
+    unique = set(valid)
+    train = {canonical(s) for s in train_smiles}
+    train.discard(None)
+    novel = {s for s in unique if s not in train}
+    return {
+        "validity": 100.0 * len(valid) / n,
+        "validity_without_correction": 100.0 * sum(s is not None for s in raw) / n,
+        "uniqueness": 100.0 * len(unique) / len(valid) if valid else 0.0,
+        "novelty": 100.0 * sum(s not in train for s in valid) / len(valid) if valid else 0.0,
+        "nuv": 100.0 * len(novel) / n,
+    }
