@@ -1,0 +1,159 @@
+"""DGL's ``qm9_edge.npz`` format: reader, writer and download.
+
+One file holds all molecules concatenated (the layout of ``dgl.data.QM9EdgeDataset``):
+
+- ``n_node [M]``, ``n_edge [M]``: atoms and directed edges (two per bond) per molecule;
+- ``node_attr [sum n_node, 11]``: one-hot H C N O F, atomic number, aromatic, sp, sp2, sp3, num_hs;
+- ``node_pos [sum n_node, 3]`` in angstrom;
+- ``edge_attr [sum n_edge, 4]``: one-hot single, double, triple, aromatic;
+- ``src``, ``dst [sum n_edge]``: atom indices local to each molecule;
+- ``targets [M, 19]``: ``QM9_TARGETS`` in DGL's units (energies in eV).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+DGL_QM9_URL = "https://data.dgl.ai/dataset/qm9_edge.npz"
+QM9_TARGETS = ["mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv",
+               "U0_atom", "U_atom", "H_atom", "G_atom", "A", "B", "C"]
+QM9_UNITS = {"mu": "D", "alpha": "bohr^3", "homo": "eV", "lumo": "eV", "gap": "eV", "r2": "bohr^2", "zpve": "eV",
+             "U0": "eV", "U": "eV", "H": "eV", "G": "eV", "Cv": "cal/mol/K", "U0_atom": "eV", "U_atom": "eV",
+             "H_atom": "eV", "G_atom": "eV", "A": "GHz", "B": "GHz", "C": "GHz"}
+REQUIRED_KEYS = ("n_node", "n_edge", "node_attr", "node_pos", "edge_attr", "src", "dst", "targets")
+NODE_ATTR_DIM, EDGE_ATTR_DIM = 11, 4
+
+
+@dataclass
+class QM9Arrays:
+    """All molecules of a QM9 file, concatenated; ``atom_ptr`` / ``edge_ptr`` index each molecule."""
+
+    n_node: np.ndarray
+    n_edge: np.ndarray
+    node_attr: np.ndarray
+    node_pos: np.ndarray
+    edge_attr: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    targets: np.ndarray
+    qm9_index: Optional[np.ndarray] = None  # original QM9 ids, when known
+
+    def __post_init__(self) -> None:
+        self.atom_ptr = np.concatenate([[0], np.cumsum(self.n_node, dtype=np.int64)])
+        self.edge_ptr = np.concatenate([[0], np.cumsum(self.n_edge, dtype=np.int64)])
+        m = len(self.n_node)
+        checks = [(len(self.n_edge) == m, "n_edge has a different length than n_node"),
+                  (self.node_attr.shape == (self.atom_ptr[-1], NODE_ATTR_DIM), "node_attr must be [sum(n_node), 11]"),
+                  (self.node_pos.shape == (self.atom_ptr[-1], 3), "node_pos must be [sum(n_node), 3]"),
+                  (self.edge_attr.shape == (self.edge_ptr[-1], EDGE_ATTR_DIM), "edge_attr must be [sum(n_edge), 4]"),
+                  (self.src.shape == self.dst.shape == (self.edge_ptr[-1],), "src/dst must be [sum(n_edge)]"),
+                  (self.targets.shape == (m, len(QM9_TARGETS)), f"targets must be [M, {len(QM9_TARGETS)}]")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"malformed QM9 arrays: {message}")
+        if len(self.src) and (np.any(self.src >= np.repeat(self.n_node, self.n_edge))
+                              or np.any(self.dst >= np.repeat(self.n_node, self.n_edge))):
+            raise ValueError("malformed QM9 arrays: an edge points past its molecule's atoms")
+
+    def __len__(self) -> int:
+        return len(self.n_node)
+
+    def subset(self, ids: np.ndarray) -> "QM9Arrays":
+        """The molecules ``ids``, in that order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        atoms = np.concatenate([np.arange(self.atom_ptr[i], self.atom_ptr[i + 1]) for i in ids]) if len(ids) else \
+            np.zeros(0, np.int64)
+        edges = np.concatenate([np.arange(self.edge_ptr[i], self.edge_ptr[i + 1]) for i in ids]) if len(ids) else \
+            np.zeros(0, np.int64)
+        return QM9Arrays(self.n_node[ids], self.n_edge[ids], self.node_attr[atoms], self.node_pos[atoms],
+                         self.edge_attr[edges], self.src[edges], self.dst[edges], self.targets[ids],
+                         None if self.qm9_index is None else self.qm9_index[ids])
+
+
+def read_qm9_edge(path: str | os.PathLike) -> QM9Arrays:
+    """Read a ``qm9_edge.npz`` file (DGL's, or one written by ``write_qm9_edge``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"QM9 file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in REQUIRED_KEYS if k not in data.files]
+            if missing:
+                raise ValueError(f"{path} is not a qm9_edge.npz file: missing arrays {missing}")
+            arrays = {k: data[k] for k in REQUIRED_KEYS}
+            qm9_index = data["qm9_index"] if "qm9_index" in data.files else None
+    except (OSError, EOFError, ValueError) as err:
+        if "missing arrays" in str(err):
+            raise
+        raise ValueError(f"cannot read {path} as npz (corrupt or truncated?): {err}") from err
+    return QM9Arrays(n_node=arrays["n_node"].astype(np.int64), n_edge=arrays["n_edge"].astype(np.int64),
+                     node_attr=arrays["node_attr"].astype(np.float32), node_pos=arrays["node_pos"].astype(np.float32),
+                     edge_attr=arrays["edge_attr"].astype(np.float32), src=arrays["src"].astype(np.int64),
+                     dst=arrays["dst"].astype(np.int64), targets=arrays["targets"].astype(np.float32),
+                     qm9_index=qm9_index)
+
+
+def write_qm9_edge(path: str | os.PathLike, arrays: QM9Arrays) -> None:
+    """Write compactly (integer features as uint8) and atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = dict(n_node=arrays.n_node.astype(np.int16), n_edge=arrays.n_edge.astype(np.int16),
+                   node_attr=arrays.node_attr.astype(np.uint8), node_pos=arrays.node_pos.astype(np.float32),
+                   edge_attr=arrays.edge_attr.astype(np.uint8), src=arrays.src.astype(np.uint8),
+                   dst=arrays.dst.astype(np.uint8), targets=arrays.targets.astype(np.float32))
+    if arrays.qm9_index is not None:
+        payload["qm9_index"] = arrays.qm9_index.astype(np.int32)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **payload)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_qm9_edge(data_dir: str | os.PathLike, url: str = DGL_QM9_URL, sha256: Optional[str] = None,
+                      timeout: float = 60.0) -> Path:
+    """Download ``qm9_edge.npz`` into ``data_dir`` (skipped if already there) and validate it.
+
+    The file is streamed to a temporary name, checked (SHA-256 when ``sha256`` is given, and always
+    that it parses as a qm9_edge.npz), then renamed into place, so a failed download leaves nothing.
+    DGL publishes no checksum for this file; pass ``sha256`` to pin a known copy.
+    """
+    dest = Path(data_dir) / "qm9_edge.npz"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".download")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        if sha256 is not None and sha256_of(tmp) != sha256.lower():
+            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {sha256_of(tmp)}")
+        read_qm9_edge(Path(tmp))  # raises ValueError naming the problem if the payload is not a QM9 file
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
