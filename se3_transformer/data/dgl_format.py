@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -90,7 +91,7 @@ def read_qm9_edge(path: str | os.PathLike) -> QM9Arrays:
                 raise ValueError(f"{path} is not a qm9_edge.npz file: missing arrays {missing}")
             arrays = {k: data[k] for k in REQUIRED_KEYS}
             qm9_index = data["qm9_index"] if "qm9_index" in data.files else None
-    except (OSError, EOFError, ValueError) as err:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         if "missing arrays" in str(err):
             raise
         raise ValueError(f"cannot read {path} as npz (corrupt or truncated?): {err}") from err
