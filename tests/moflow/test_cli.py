@@ -93,3 +93,13 @@ def test_benchmark_mode_reports_throughput(data_dir, tmp_path, capsys):
     records = [json.loads(line[5:]) for line in open(tmp_path / "log.json") if line.startswith("DLLL ")]
     summary = [r["data"] for r in records if r["type"] == "LOG" and "train_throughput" in r["data"]]
     assert summary and summary[0]["train_throughput"] > 0
+
+
+def test_interpolation_endpoints_are_the_inputs(data_dir, tmp_path):
+    from moflow.interpolate import interpolate
+
+    model = _train(data_dir, tmp_path, "--epochs", "1", "--val_samples", "0").eval()
+    atomic_nums = [6, 7, 8, 9, 15, 16, 17, 35, 53]
+    path = interpolate(model, "CCOc1ccccc1", "CC(=O)NCC#N", 5, atomic_nums)
+    assert len(path) == 5
+    assert path[0] == "CCOc1ccccc1" and path[-1] == "CC(=O)NCC#N"
