@@ -1,0 +1,26 @@
+"""DimeNet++ and GemNet-T/dT in graph-parallel form, and a registry of presets."""
+from dataclasses import replace
+
+from torch import nn
+
+from .common import count_parameters, predict
+from .dimenet_pp import PRESETS as DIMENETPP_PRESETS, DimeNetPP, DimeNetPPConfig
+
+MODELS = {"dimenetpp": (DimeNetPP, DIMENETPP_PRESETS)}
+
+
+def build_model(name: str, preset: str = "base", **overrides) -> nn.Module:
+    """A model by name (``dimenetpp``, ``gemnet_t``, ``gemnet_dt``) and preset, with config overrides."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    cls, presets = MODELS[name]
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for {name}; choose from {sorted(presets)}")
+    cfg = presets[preset]
+    unknown = set(overrides) - set(cfg.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {name} config field(s) {sorted(unknown)}")
+    return cls(replace(cfg, **overrides))
+
+
+__all__ = ["build_model", "count_parameters", "predict", "MODELS", "DimeNetPP", "DimeNetPPConfig"]
