@@ -158,22 +158,30 @@ def train(args: argparse.Namespace) -> MoFlow:
     if args.benchmark:
         max_steps = step + args.benchmark_warmup + args.benchmark_steps
     start_time = time.time()
+
+    def autocast(cache_enabled: bool):
+        return torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled,
+                              cache_enabled=cache_enabled)
+
     graphed = False
     stop = False
     model.train()
-    while epoch < args.epochs and not stop:
+    while (epoch < args.epochs or args.benchmark) and not stop:
         if sampler is not None:
             sampler.set_epoch(epoch)
         shuffle_rng.manual_seed(args.seed * 100003 + epoch)  # same order whether resumed or not
         for x, adj in progress(loader, desc=f"epoch {epoch}", silent=args.silent):
             x, adj = x.to(device, non_blocking=True), adj.to(device, non_blocking=True)
             if args.cuda_graphs and not graphed and step >= args.cuda_graph_warmup and len(x) == args.batch_size:
-                graph_flows_for_cuda(model, adj, x)
+                barrier()
+                with autocast(cache_enabled=False):
+                    graph_flows_for_cuda(model, adj, x)
                 graphed = True
             meter.start()
-            with precision.autocast():
+            with autocast(cache_enabled=not graphed):  # graphed callables need the autocast cache off
                 loss, nll_x, nll_adj = objective(adj, x)
-            if not torch.isfinite(loss):
+            # checking every step would synchronise CUDA each step; there, check at logging steps
+            if (device.type == "cpu" or (step + 1) % args.log_every == 0) and not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}); "
                                          "lower --learning_rate or check the data")
             precision.backward(loss)
@@ -193,7 +201,7 @@ def train(args: argparse.Namespace) -> MoFlow:
         if not stop:
             epoch += 1
         if args.benchmark:
-            break
+            continue
         finished = stop or epoch >= args.epochs
         if is_main_process() and args.eval_interval > 0 and (epoch % args.eval_interval == 0 or finished) \
                 and args.val_samples > 0:

@@ -88,11 +88,13 @@ def test_bad_inputs_fail_clearly(data_dir, tmp_path):
 
 
 def test_benchmark_mode_reports_throughput(data_dir, tmp_path, capsys):
-    _train(data_dir, tmp_path, "--epochs", "1", "--benchmark", "--benchmark_warmup", "1",
-           "--benchmark_steps", "1", "--val_samples", "0", "--save_ckpt_path", "")
+    # 2 steps per epoch: the benchmark runs on across epochs until warm-up + timed steps are done
+    _train(data_dir, tmp_path, "--epochs", "1", "--benchmark", "--benchmark_warmup", "2",
+           "--benchmark_steps", "3", "--val_samples", "0", "--save_ckpt_path", "")
     records = [json.loads(line[5:]) for line in open(tmp_path / "log.json") if line.startswith("DLLL ")]
     summary = [r["data"] for r in records if r["type"] == "LOG" and "train_throughput" in r["data"]]
-    assert summary and summary[0]["train_throughput"] > 0
+    assert summary and summary[0]["train_throughput"] > 0 and summary[0]["train_steps"] == 3
+    assert not (tmp_path / "moflow.pt").exists()
 
 
 def test_interpolation_endpoints_are_the_inputs(data_dir, tmp_path):
