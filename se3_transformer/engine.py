@@ -44,8 +44,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="layer norm inside the radial MLPs")
     group.add_argument("--low_memory", action="store_true",
                        help="unfused kernels recomputed in the backward pass: slower, less memory")
-    group.add_argument("--fuse_level", choices=tuple(FUSE_LEVELS), default="full",
-                       help="most fused TFN kernel allowed (each layer uses the best one its fibers permit)")
+    group.add_argument("--fuse_level", choices=("auto",) + tuple(FUSE_LEVELS), default="auto",
+                       help="most fused TFN kernel allowed (each layer uses the best one its fibers permit); "
+                            "auto = full on CUDA, none (pairwise, measured fastest) on CPU")
     group.add_argument("--pad_trick", action="store_true",
                        help="pad odd basis dimensions to even sizes (tensor cores); same results")
 
@@ -54,13 +55,19 @@ def model_config(args: argparse.Namespace) -> Dict:
     return {k: getattr(args, k) for k in MODEL_KEYS}
 
 
-def build_model(config: Dict) -> SE3TransformerPooled:
+def resolve_fuse_level(name: str, device: torch.device) -> FuseLevel:
+    if name == "auto":
+        return FuseLevel.FULL if torch.device(device).type == "cuda" else FuseLevel.NONE
+    return FUSE_LEVELS[name]
+
+
+def build_model(config: Dict, device: torch.device = torch.device("cpu")) -> SE3TransformerPooled:
     return SE3TransformerPooled(
         node_dim=NODE_FEATURE_DIM, edge_dim=EDGE_FEATURE_DIM, num_degrees=config["num_degrees"],
         num_channels=config["num_channels"], pooling=config["pooling"], num_layers=config["num_layers"],
         num_heads=config["num_heads"], channels_div=config["channels_div"], norm=config["norm"],
         use_layer_norm=config["use_layer_norm"], low_memory=config["low_memory"],
-        fuse_level=FUSE_LEVELS[config["fuse_level"]], use_pad_trick=config["pad_trick"])
+        fuse_level=resolve_fuse_level(config["fuse_level"], device), use_pad_trick=config["pad_trick"])
 
 
 def make_loader(dataset: QM9GraphDataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,

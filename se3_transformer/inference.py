@@ -31,12 +31,12 @@ from se3_transformer.engine import FUSE_LEVELS, TargetScaler, add_data_args, bui
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m se3_transformer.inference", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser, batch_size=400, data_dir="data", log_dir="results/se3_transformer_inference",
+    add_common_args(parser, batch_size=400, data_dir="data_cache/se3_transformer", log_dir="results/se3_transformer_inference",
                     benchmark_warmup=3, benchmark_steps=10)
     add_data_args(parser)
     parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split to predict")
     parser.add_argument("--output", default=None, help="write predictions to this CSV file")
-    parser.add_argument("--fuse_level", choices=tuple(FUSE_LEVELS), default=None,
+    parser.add_argument("--fuse_level", choices=("auto",) + tuple(FUSE_LEVELS), default=None,
                         help="override the checkpoint's kernel fusion level (results are identical)")
     return parser
 
@@ -57,7 +57,7 @@ def main(argv: Optional[list] = None) -> dict:
     config = dict(extra["model_config"])
     if args.fuse_level:
         config["fuse_level"] = args.fuse_level
-    model = build_model(config)
+    model = build_model(config, device)
     load_checkpoint(args.load_ckpt_path, model, restore_rng=False)
     model = maybe_compile(model.to(device).eval(), args.compile)
     scaler = TargetScaler(**extra["target_scaler"])

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m se3_transformer.train", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, batch_size=240, epochs=100, learning_rate=0.002, weight_decay=0.1, optimizer="adamw",
-                    eval_interval=20, ckpt_interval=-1, data_dir="data", log_dir="results/se3_transformer",
+                    eval_interval=20, ckpt_interval=-1, data_dir="data_cache/se3_transformer", log_dir="results/se3_transformer",
                     benchmark_warmup=5, benchmark_steps=20)
     add_data_args(parser)
     add_model_args(parser)
@@ -107,7 +107,7 @@ def main(argv: Optional[list] = None) -> dict:
     if not is_main_process():
         arrays = load_qm9(args.source, args.data_dir, args.num_molecules)
     train_ids, val_ids, _ = split_indices(len(arrays), seed=0)
-    model = build_model(model_config(args))
+    model = build_model(model_config(args), device)
     max_degree = unwrap(model).transformer.max_degree
     bases = precompute_bases(arrays, max_degree) if args.precompute_bases else None
     train_set = QM9GraphDataset(arrays, train_ids, args.task, bases)

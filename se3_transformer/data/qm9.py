@@ -35,7 +35,7 @@ def subset_ids(total: int, num_molecules: Optional[int], seed: int = 0) -> np.nd
     return np.sort(np.random.default_rng(seed).permutation(total)[:num_molecules])
 
 
-def load_qm9(source: str = "sample", data_dir: str | Path = "./data", num_molecules: Optional[int] = None,
+def load_qm9(source: str = "sample", data_dir: str | Path = "data_cache/se3_transformer", num_molecules: Optional[int] = None,
              progress=None) -> QM9Arrays:
     """Load QM9 from ``source`` (see module doc), optionally a seeded subset of ``num_molecules``."""
     if source == "sample":

@@ -14,6 +14,7 @@ import ast
 import csv
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -74,6 +75,8 @@ def _bonds_from_smiles(smiles: str, elements: Sequence[str], pos: np.ndarray) ->
             or elements[:len(heavy_elements)] != heavy_elements:
         raise ValueError(f"SMILES {smiles!r} does not match the XYZ atom order")
     mol = Chem.RWMol(heavy)
+    for atom in mol.GetAtoms():  # hydrogens are added explicitly below, e.g. for [NH3+]
+        atom.SetNumExplicitHs(0)
     n_heavy = len(heavy_elements)
     for h in range(n_heavy, len(elements)):
         nearest = int(np.argmin(np.linalg.norm(pos[:n_heavy] - pos[h], axis=1)))
@@ -85,15 +88,30 @@ def _bonds_from_smiles(smiles: str, elements: Sequence[str], pos: np.ndarray) ->
     return mol.GetMol()
 
 
+def _connectivity_only(elements: Sequence[str], pos: np.ndarray) -> Chem.Mol:
+    """Last resort: distance-based connectivity, every bond single, no sanitisation."""
+    block = f"{len(elements)}\n\n" + "\n".join(f"{e} {x:.10f} {y:.10f} {z:.10f}" for e, (x, y, z) in zip(elements, pos))
+    mol = Chem.MolFromXYZBlock(block)
+    rdDetermineBonds.DetermineConnectivity(mol)
+    return mol
+
+
+BOND_METHODS = ("geometry", "smiles", "connectivity")
+
+
 def molecule_graph(elements: Sequence[str], pos: np.ndarray, smiles: str):
-    """Node attributes ``[n, 11]``, local ``src``/``dst`` (both directions) and bond one-hots ``[2b, 4]``."""
+    """Node attributes ``[n, 11]``, local ``src``/``dst`` (both directions), bond one-hots ``[2b, 4]``
+    and the name of the bond-perception method that succeeded (see ``BOND_METHODS``)."""
     unknown = sorted(set(elements) - set(ATOM_TYPES))
     if unknown:
         raise ValueError(f"unknown atom type(s) {unknown} (QM9 has H C N O F)")
     try:
-        mol = _bonds_from_geometry(elements, pos)
+        mol, method = _bonds_from_geometry(elements, pos), "geometry"
     except Exception:  # RDKit raises several exception types for unusual geometries
-        mol = _bonds_from_smiles(smiles, elements, pos)
+        try:
+            mol, method = _bonds_from_smiles(smiles, elements, pos), "smiles"
+        except Exception:
+            mol, method = _connectivity_only(elements, pos), "connectivity"
     n = len(elements)
     src, dst, bond = [], [], []
     for b in mol.GetBonds():
@@ -117,7 +135,7 @@ def molecule_graph(elements: Sequence[str], pos: np.ndarray, smiles: str):
                               hyb == Chem.HybridizationType.SP3]
     np.add.at(node_attr[:, 10], dst, is_h[src].astype(np.float32))  # hydrogens bonded to each atom
     edge_attr = np.eye(4, dtype=np.float32)[bond]
-    return node_attr, src, dst, edge_attr
+    return node_attr, src, dst, edge_attr, method
 
 
 def iter_qm9pack_rows(data_dir: Optional[Path] = None) -> Iterable[dict]:
@@ -138,6 +156,7 @@ def read_qm9pack(molecule_ids: Optional[Iterable[int]] = None, data_dir: Optiona
     if progress is not None:
         rows = progress(rows, total=NUM_MOLECULES if wanted is None else None)
     RDLogger.DisableLog("rdApp.*")
+    methods = {m: 0 for m in BOND_METHODS}
     for position, row in enumerate(rows):
         if wanted is not None and position not in wanted:
             continue
@@ -145,7 +164,8 @@ def read_qm9pack(molecule_ids: Optional[Iterable[int]] = None, data_dir: Optiona
         pos = np.asarray(_literal(row["XYZ_Ang"]), dtype=np.float64)
         if pos.shape != (len(elements), 3):
             raise ValueError(f"molecule {row['Index']}: {len(elements)} elements but positions {pos.shape}")
-        node_attr, src, dst, edge_attr = molecule_graph(elements, pos, row["SMILES"])
+        node_attr, src, dst, edge_attr, method = molecule_graph(elements, pos, row["SMILES"])
+        methods[method] += 1
         targets = np.full(len(QM9_TARGETS), np.nan, np.float32)
         for column, (name, factor) in COLUMNS.items():
             targets[QM9_TARGETS.index(name)] = float(row[column]) * factor
@@ -156,6 +176,8 @@ def read_qm9pack(molecule_ids: Optional[Iterable[int]] = None, data_dir: Optiona
     missing = [i for i in order if i not in parsed]
     if missing:
         raise ValueError(f"molecule positions out of range (QM9 has {NUM_MOLECULES}): {missing[:5]}")
+    if methods["smiles"] or methods["connectivity"]:
+        warnings.warn(f"QM9 bond perception: {methods} molecules per method (geometry is the primary one)")
     mols = [parsed[i] for i in order]
     return QM9Arrays(n_node=np.array([len(m[0]) for m in mols], np.int64),
                      n_edge=np.array([len(m[2]) for m in mols], np.int64),

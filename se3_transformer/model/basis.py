@@ -71,16 +71,18 @@ def basis_max_degree(basis: Basis) -> int:
     return max(k[0] for k in basis if isinstance(k, tuple))
 
 
-def fuse_basis(basis: Basis, fully_fused: bool = True) -> Basis:
-    """Return a copy of ``basis`` with the fused layouts added.
+def fuse_basis(basis: Basis, fully_fused: bool = True, partially_fused: bool = True) -> Basis:
+    """Return a copy of ``basis`` with the fused layouts added (only those asked for).
 
     - ``"out{k}"``: ``[E, sum_l (2l+1), sum_l F(l,k), 2k+1 (+pad)]``, input degrees concatenated;
     - ``"in{l}"``: ``[E, 2l+1, sum_k F(l,k), sum_k (2k+1)]``, output degrees concatenated;
     - ``"full"``: ``[E, sum_l (2l+1), sum_{k,l} F(l,k), sum_k (2k+1)]`` (output-degree-major blocks).
     Off-diagonal blocks are zero, so one matmul replaces a loop over degree pairs.
     """
-    if any(isinstance(k, str) for k in basis):
+    has_partial, has_full = "out0" in basis, "full" in basis
+    if (has_partial or not (partially_fused or fully_fused)) and (has_full or not fully_fused):
         return basis
+    basis = {k: v for k, v in basis.items() if isinstance(k, tuple)}
     max_degree = basis_max_degree(basis)
     degrees = range(max_degree + 1)
     sample = basis[(0, 0)]
@@ -89,7 +91,9 @@ def fuse_basis(basis: Basis, fully_fused: bool = True) -> Basis:
     sum_dim = sum(degree_to_dim(d) for d in degrees)
     fused: Basis = dict(basis)
 
-    for d_out in degrees:
+    if not (partially_fused or fully_fused):
+        return fused
+    for d_out in degrees:  # the full layout is assembled from these
         sum_freq = sum(num_frequencies(d, d_out) for d in degrees)
         out = torch.zeros(num_edges, sum_dim, sum_freq, degree_to_dim(d_out) + int(padded), dtype=dtype, device=device)
         acc_d = acc_f = 0
@@ -99,7 +103,7 @@ def fuse_basis(basis: Basis, fully_fused: bool = True) -> Basis:
             acc_d, acc_f = acc_d + dim, acc_f + nf
         fused[f"out{d_out}"] = out
 
-    for d_in in degrees:
+    for d_in in degrees if partially_fused else ():
         sum_freq = sum(num_frequencies(d_in, d) for d in degrees)
         out = torch.zeros(num_edges, degree_to_dim(d_in), sum_freq, sum_dim, dtype=dtype, device=device)
         acc_d = acc_f = 0
@@ -122,7 +126,8 @@ def fuse_basis(basis: Basis, fully_fused: bool = True) -> Basis:
     return fused
 
 
-def get_basis(relative_pos: Tensor, max_degree: int, use_pad_trick: bool = False, fully_fused: bool = True) -> Basis:
-    """All bases (pairwise and fused) for a batch of edges. No gradient flows into positions."""
+def get_basis(relative_pos: Tensor, max_degree: int, use_pad_trick: bool = False, fully_fused: bool = True,
+              partially_fused: bool = True) -> Basis:
+    """Pairwise and requested fused bases for a batch of edges. No gradient flows into positions."""
     with torch.no_grad():
-        return fuse_basis(compute_basis(relative_pos, max_degree, use_pad_trick), fully_fused)
+        return fuse_basis(compute_basis(relative_pos, max_degree, use_pad_trick), fully_fused, partially_fused)

@@ -59,9 +59,11 @@ class SE3Transformer(nn.Module):
             if isinstance(module, ConvSE3):
                 module.set_fuse_level(self.fuse_level)
 
+    def _fusion(self) -> dict:
+        return dict(fully_fused=self.fuse_level == FuseLevel.FULL, partially_fused=self.fuse_level >= FuseLevel.PARTIAL)
+
     def compute_basis(self, batch: GraphBatch) -> Basis:
-        return get_basis(batch.rel_pos(), self.max_degree, self.use_pad_trick,
-                         fully_fused=self.fuse_level == FuseLevel.FULL)
+        return get_basis(batch.rel_pos(), self.max_degree, self.use_pad_trick, **self._fusion())
 
     def hidden_features(self, batch: GraphBatch, basis: Optional[Basis] = None) -> Dict[int, Tensor]:
         """Node features after the attention blocks (before the final convolution)."""
@@ -76,8 +78,7 @@ class SE3Transformer(nn.Module):
     def _run(self, batch: GraphBatch, basis: Optional[Basis], stop_before_final: bool) -> Dict[int, Tensor]:
         if batch.node_feats is None:
             raise ValueError("SE3Transformer needs node features (GraphBatch.node_feats is None)")
-        basis = self.compute_basis(batch) if basis is None else fuse_basis(
-            basis, fully_fused=self.fuse_level == FuseLevel.FULL)
+        basis = self.compute_basis(batch) if basis is None else fuse_basis(basis, **self._fusion())
         rel_pos = batch.rel_pos()
         scalars = edge_scalars(batch, rel_pos)
         feats = {0: batch.node_feats.unsqueeze(-1)}

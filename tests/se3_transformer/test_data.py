@@ -24,7 +24,8 @@ def embedded(smiles: str):
 
 def test_benzene_bonds_features_and_hydrogen_counts():
     elements, pos = embedded("c1ccccc1")
-    node_attr, src, dst, edge_attr = molecule_graph(elements, pos, "c1ccccc1")
+    node_attr, src, dst, edge_attr, method = molecule_graph(elements, pos, "c1ccccc1")
+    assert method == "geometry"
     assert len(src) == 24  # 12 bonds, both directions
     bond_counts = edge_attr.sum(0) / 2
     assert bond_counts.tolist() == [6, 0, 0, 6]  # 6 C-H single, 6 aromatic C-C
@@ -46,6 +47,13 @@ def test_smiles_fallback_matches_geometry_bonds():
     assert bonds == geometry
     with pytest.raises(ValueError, match="atom order"):
         _bonds_from_smiles("NC(=O)C#C", elements, pos)
+
+
+def test_zwitterion_smiles_fallback_keeps_hydrogens_explicit():
+    elements, pos = embedded("[NH3+]CC([O-])=O")
+    mol = _bonds_from_smiles("[NH3+]CC([O-])=O", elements, pos)
+    assert mol.GetNumAtoms() == len(elements)
+    assert mol.GetAtomWithIdx(0).GetFormalCharge() == 1 and mol.GetAtomWithIdx(0).GetTotalNumHs(includeNeighbors=True) == 3
 
 
 def test_unknown_atom_type_is_rejected():
