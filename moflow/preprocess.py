@@ -11,7 +11,7 @@ import sys
 from moflow.config import DATASETS, DatasetSpec
 from moflow.data.dataset import save_cache
 from moflow.data.download import download_dataset
-from moflow.data.encoding import decode_counts, encode_many
+from moflow.data.encoding import format_skip_counts, encode_many
 from moflow.data.sources import load_smiles
 
 
@@ -53,12 +53,12 @@ def main(argv=None) -> int:
     kept, atoms, bonds, skipped, _ = encode_many(smiles, spec)
     n_skipped = sum(skipped.values())
     print(f"{args.dataset}: {len(smiles)} SMILES read, {len(kept)} encoded, {n_skipped} refused "
-          f"({decode_counts(skipped)}); atoms {[a for a in spec.atomic_nums]}, "
+          f"({format_skip_counts(skipped)}); atoms {[a for a in spec.atomic_nums]}, "
           f"max_atoms {spec.max_atoms}, padded to {spec.max_nodes} nodes")
     if not kept:
-        raise ValueError(f"no molecule of {args.dataset} could be encoded ({decode_counts(skipped)})")
+        raise ValueError(f"no molecule of {args.dataset} could be encoded ({format_skip_counts(skipped)})")
     if args.strict and n_skipped:
-        raise ValueError(f"--strict: {n_skipped} molecules refused ({decode_counts(skipped)})")
+        raise ValueError(f"--strict: {n_skipped} molecules refused ({format_skip_counts(skipped)})")
     npz, split = save_cache(args.data_dir, args.dataset, spec, kept, atoms, bonds,
                             args.valid_fraction, args.seed)
     print(f"wrote {npz} and {split}")

@@ -99,5 +99,5 @@ def one_hot_bonds(codes: np.ndarray, num_channels: int = NO_BOND + 1) -> np.ndar
     return np.moveaxis(onehot, -1, -3).copy()
 
 
-def decode_counts(skipped: Counter) -> str:
+def format_skip_counts(skipped: Counter) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"

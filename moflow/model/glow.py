@@ -1,7 +1,6 @@
 """The two flows of MoFlow: a Glow on the adjacency tensor and a graph conditional flow on atoms."""
 from typing import Sequence
 
-import torch
 from torch import nn
 
 from moflow.model.layers import (ActNorm, AffineCoupling, GraphAffineCoupling, InvConv2d,

@@ -3,7 +3,6 @@
 Affine couplings use ``s = sigmoid(logits)``: the log-determinant is ``logsigmoid(logits)`` and the
 inverse multiplies by ``1 / sigmoid(logits) = 1 + exp(-logits)``, both free of log(0) and 1/0.
 """
-import math
 from typing import List, Sequence, Tuple
 
 import torch
@@ -215,5 +214,3 @@ def unsqueeze2d(x: torch.Tensor, fold: int) -> torch.Tensor:
     x = x.reshape(b, c // (fold * fold), fold, fold, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(b, c // (fold * fold), h * fold, w * fold)
 
-
-LOG2 = math.log(2.0)

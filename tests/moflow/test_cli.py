@@ -1,6 +1,5 @@
 """End-to-end CLI: preprocess -> train -> resume -> generate -> evaluate, on a tiny model."""
 import json
-import os
 
 import pytest
 import torch
