@@ -31,7 +31,8 @@ from se3_transformer.engine import FUSE_LEVELS, TargetScaler, add_data_args, bui
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m se3_transformer.inference", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser, batch_size=400, data_dir="data_cache/se3_transformer", log_dir="results/se3_transformer_inference",
+    add_common_args(parser, batch_size=400, data_dir="data_cache/se3_transformer",
+                    log_dir="results/se3_transformer_inference",
                     benchmark_warmup=3, benchmark_steps=10)
     add_data_args(parser)
     parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split to predict")

@@ -6,8 +6,8 @@ across ranks. Multi-process: ``torchrun --nproc_per_node N -m se3_transformer.tr
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import time
 from typing import Optional
 
 import numpy as np
@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from runtime.callbacks import PerformanceMeter
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.cli import add_common_args
+from runtime.compile import maybe_compile
+from runtime.cuda_graphs import require_cuda_graphs
 from runtime.distributed import all_reduce_mean, barrier, get_rank, init_distributed, is_main_process, shutdown, \
-    unwrap, wrap_ddp
+    wrap_ddp
 from runtime.logging import setup_logger
 from runtime.optim import make_optimizer, make_scheduler
 from runtime.precision import Precision, set_tf32
 from runtime.progress import progress
 from runtime.seed import seed_everything
-from runtime.compile import maybe_compile
-from runtime.cuda_graphs import require_cuda_graphs
 from se3_transformer.data import QM9_UNITS, QM9GraphDataset, load_qm9, precompute_bases, split_indices
 from se3_transformer.engine import TargetScaler, add_data_args, add_model_args, build_model, evaluate, \
     make_loader, model_config, peak_memory_mb
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m se3_transformer.train", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, batch_size=240, epochs=100, learning_rate=0.002, weight_decay=0.1, optimizer="adamw",
-                    eval_interval=20, ckpt_interval=-1, data_dir="data_cache/se3_transformer", log_dir="results/se3_transformer",
+                    eval_interval=20, ckpt_interval=-1, data_dir="data_cache/se3_transformer",
+                    log_dir="results/se3_transformer",
                     benchmark_warmup=5, benchmark_steps=20)
     add_data_args(parser)
     add_model_args(parser)
@@ -60,6 +61,23 @@ def train_step(model, batch, basis, scaler: TargetScaler, precision, accumulate:
                                  f"set --gradient_clip")
     precision.backward(loss / accumulate)
     return loss.detach()
+
+
+def train_epoch(args, epoch: int, step: int, model, loader, scaler, precision, optimizer, scheduler, logger):
+    """One pass over ``loader`` with gradient accumulation; returns (mean loss over ranks, global step)."""
+    losses = []
+    optimizer.zero_grad(set_to_none=True)
+    for i, (batch, basis) in enumerate(progress(loader, f"epoch {epoch}", silent=args.silent)):
+        batch, basis = _to_device(batch, basis, precision.device)
+        losses.append(train_step(model, batch, basis, scaler, precision, args.accumulate_grad_batches))
+        if (i + 1) % args.accumulate_grad_batches == 0 or i + 1 == len(loader):
+            precision.step(optimizer, clip_norm=args.gradient_clip)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            if step % args.log_every == 0:
+                logger.log((epoch, step), {"train loss": losses[-1].item(), "lr": scheduler.get_last_lr()[0]})
+    return all_reduce_mean(torch.stack(losses).mean().to(precision.device)).item(), step
 
 
 def run_benchmark(args, model, loader, scaler, precision, optimizer, device, logger) -> dict:
@@ -108,7 +126,7 @@ def main(argv: Optional[list] = None) -> dict:
         arrays = load_qm9(args.source, args.data_dir, args.num_molecules)
     train_ids, val_ids, _ = split_indices(len(arrays), seed=0)
     model = build_model(model_config(args), device)
-    max_degree = unwrap(model).transformer.max_degree
+    max_degree = model.transformer.max_degree
     bases = precompute_bases(arrays, max_degree) if args.precompute_bases else None
     train_set = QM9GraphDataset(arrays, train_ids, args.task, bases)
     val_set = QM9GraphDataset(arrays, val_ids, args.task, bases)
@@ -152,29 +170,17 @@ def main(argv: Optional[list] = None) -> dict:
                             keep_last=args.keep_last if args.ckpt_interval > 0 else None)
 
     # ---- training loop ----
-    import time
     started = time.time()
     history = {"train_loss": [], "val_mae": []}
     model.train()
-    epoch = start_epoch
+    epochs_done = start_epoch
     for epoch in range(start_epoch, args.epochs):
         if getattr(train_loader.sampler, "set_epoch", None):
             train_loader.sampler.set_epoch(epoch)
-        losses = []
-        optimizer.zero_grad(set_to_none=True)
-        batches = progress(train_loader, f"epoch {epoch}", silent=args.silent)
-        for i, (batch, basis) in enumerate(batches):
-            batch, basis = _to_device(batch, basis, device)
-            losses.append(train_step(model, batch, basis, scaler, precision, args.accumulate_grad_batches))
-            if (i + 1) % args.accumulate_grad_batches == 0 or i + 1 == len(train_loader):
-                precision.step(optimizer, clip_norm=args.gradient_clip)
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                if step % args.log_every == 0:
-                    logger.log((epoch, step), {"train loss": losses[-1].item(), "lr": scheduler.get_last_lr()[0]})
-        epoch_loss = all_reduce_mean(torch.stack(losses).mean().to(device)).item()
+        epoch_loss, step = train_epoch(args, epoch, step, model, train_loader, scaler, precision, optimizer,
+                                       scheduler, logger)
         history["train_loss"].append(epoch_loss)
+        epochs_done = epoch + 1
         logger.log((epoch,), {"train loss": epoch_loss})
         out_of_time = args.max_time_min is not None and time.time() - started > 60 * args.max_time_min
         last = epoch + 1 == args.epochs or out_of_time
@@ -187,10 +193,10 @@ def main(argv: Optional[list] = None) -> dict:
         if out_of_time:
             logger.log((), {"stopped": f"--max_time_min {args.max_time_min} reached after epoch {epoch}"})
             break
-    checkpoint(epoch + 1)
+    checkpoint(epochs_done)
     final = evaluate(model, val_loader, scaler, precision, device)
     summary = {"validation MAE": final["mae"], "val MAE of predicting the train mean": baseline,
-               "train minutes": (time.time() - started) / 60, "epochs run": epoch + 1 - start_epoch}
+               "train minutes": (time.time() - started) / 60, "epochs run": epochs_done - start_epoch}
     logger.log((), summary)
     logger.close()
     shutdown()

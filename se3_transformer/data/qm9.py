@@ -35,8 +35,8 @@ def subset_ids(total: int, num_molecules: Optional[int], seed: int = 0) -> np.nd
     return np.sort(np.random.default_rng(seed).permutation(total)[:num_molecules])
 
 
-def load_qm9(source: str = "sample", data_dir: str | Path = "data_cache/se3_transformer", num_molecules: Optional[int] = None,
-             progress=None) -> QM9Arrays:
+def load_qm9(source: str = "sample", data_dir: str | Path = "data_cache/se3_transformer",
+             num_molecules: Optional[int] = None, progress=None) -> QM9Arrays:
     """Load QM9 from ``source`` (see module doc), optionally a seeded subset of ``num_molecules``."""
     if source == "sample":
         arrays = read_qm9_edge(SAMPLE_PATH)
@@ -121,7 +121,8 @@ class QM9GraphDataset(Dataset):
         edge_index = np.stack([a.src[edges] + shift, a.dst[edges] + shift])
         batch = GraphBatch(pos=torch.from_numpy(a.node_pos[atoms]), edge_index=torch.from_numpy(edge_index),
                            batch=torch.from_numpy(np.repeat(np.arange(len(mols)), n_node)),
-                           ptr=torch.from_numpy(ptr), node_feats=torch.from_numpy(a.node_attr[atoms, :NODE_FEATURE_DIM]),
+                           ptr=torch.from_numpy(ptr),
+                           node_feats=torch.from_numpy(a.node_attr[atoms, :NODE_FEATURE_DIM]),
                            edge_feats=torch.from_numpy(a.edge_attr[edges]),
                            y=torch.from_numpy(self.targets[mols]))
         basis = None
