@@ -16,7 +16,7 @@ from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, RandomSampler
 
 from runtime.callbacks import PerformanceMeter
@@ -96,6 +96,16 @@ def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
         loader.sampler.generator.manual_seed(seed + epoch)
 
 
+def ema_update(decay: float):
+    """EMA step with the usual warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n updates,
+    so short runs are not dominated by the initial weights."""
+    def update(averaged, current, num_averaged):
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return d * averaged + (1.0 - d) * current
+    return update
+
+
 class Trainer:
     def __init__(self, args, grid: ProcessGrid, device: torch.device, logger, normalizer: Normalizer):
         self.args, self.grid, self.device, self.logger, self.norm = args, grid, device, logger, normalizer
@@ -109,8 +119,7 @@ class Trainer:
         self.scheduler = make_scheduler(args.scheduler, self.optimizer, warmup_steps=args.warmup_steps,
                                         step_size=args.lr_step_size, gamma=args.lr_gamma,
                                         patience=args.lr_patience, factor=args.lr_factor)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay))
-                    if args.ema_decay > 0 else None)
+        self.ema = AveragedModel(self.model, avg_fn=ema_update(args.ema_decay)) if args.ema_decay > 0 else None
         self.step = 0
         self.epoch = 0
 

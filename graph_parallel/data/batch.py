@@ -42,13 +42,15 @@ class S2EFBatch:
         return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
 
-def collate_frames(frames: List[Dict[str, Tensor]], cutoff: float = 6.0, max_neighbors: int = 50) -> S2EFBatch:
+def collate_frames(frames: List[Dict[str, Tensor]], cutoff: float = 6.0, max_neighbors: int = 50,
+                   symmetric: bool = False) -> S2EFBatch:
     """Concatenate frames and build each one's periodic radius graph (atom indices offset)."""
     if not frames:
         raise ValueError("collate_frames needs at least one frame")
     edges, offsets, start = [], [], 0
     for frame in frames:
-        edge_index, cell_offsets = radius_graph_pbc(frame["pos"], frame["cell"], cutoff, max_neighbors)
+        edge_index, cell_offsets = radius_graph_pbc(frame["pos"], frame["cell"], cutoff, max_neighbors,
+                                                     symmetric=symmetric)
         edges.append(edge_index + start)
         offsets.append(cell_offsets)
         start += frame["pos"].shape[0]
@@ -73,8 +75,8 @@ def collate_frames(frames: List[Dict[str, Tensor]], cutoff: float = 6.0, max_nei
 class Collater:
     """Picklable collate_fn for DataLoader workers."""
 
-    def __init__(self, cutoff: float = 6.0, max_neighbors: int = 50):
-        self.cutoff, self.max_neighbors = cutoff, max_neighbors
+    def __init__(self, cutoff: float = 6.0, max_neighbors: int = 50, symmetric: bool = False):
+        self.cutoff, self.max_neighbors, self.symmetric = cutoff, max_neighbors, symmetric
 
     def __call__(self, frames):
-        return collate_frames(frames, self.cutoff, self.max_neighbors)
+        return collate_frames(frames, self.cutoff, self.max_neighbors, self.symmetric)

@@ -33,12 +33,23 @@ def _image_range(pos: Tensor, cell: Tensor, pbc: Sequence[bool], cutoff: float) 
     return tuple(reps)
 
 
+def _sort_edges(k: Tensor, src: Tensor, tgt: Tensor, dist2: Tensor, num_offsets: int):
+    """Order edges by (target, distance, source, offset) with stable sorts."""
+    tie = torch.argsort(src * num_offsets + k, stable=True)
+    k, src, tgt, dist2 = k[tie], src[tie], tgt[tie], dist2[tie]
+    order = torch.argsort(dist2, stable=True)
+    order = order[torch.argsort(tgt[order], stable=True)]
+    return k[order], src[order], tgt[order]
+
+
 def radius_graph_pbc(pos: Tensor, cell: Tensor, cutoff: float, max_neighbors: int,
-                     pbc: Sequence[bool] = (True, True, True)) -> Tuple[Tensor, Tensor]:
+                     pbc: Sequence[bool] = (True, True, True), symmetric: bool = False) -> Tuple[Tensor, Tensor]:
     """Edges of one structure: ``edge_index`` [2, E] (source, target) and ``cell_offsets`` [E, 3].
 
     Edges are sorted by target atom, then by distance. ``cell`` is [3, 3] with lattice vectors as
-    rows (or [1, 3, 3]); directions with ``pbc`` False get no images.
+    rows (or [1, 3, 3]); directions with ``pbc`` False get no images. ``symmetric=True`` adds the
+    reverse of every kept edge (GemNet needs each edge's reverse; an atom may then exceed
+    ``max_neighbors``).
     """
     if pos.dim() != 2 or pos.shape[1] != 3:
         raise ValueError(f"pos must have shape [N, 3], got {tuple(pos.shape)}")
@@ -58,19 +69,18 @@ def radius_graph_pbc(pos: Tensor, cell: Tensor, cutoff: float, max_neighbors: in
     within = dist2 <= cutoff * cutoff
     zero = (offsets == 0).all(1)
     within[zero] &= ~torch.eye(n, dtype=torch.bool)                              # no self loops
-    k, src, tgt = within.nonzero(as_tuple=True)                                  # ordered by (k, j, i)
-    dist2 = dist2[k, src, tgt]
-    # Sort by (target, distance, source, offset); nonzero() order is (offset, source), so make the
-    # tie-breaking key explicit before the stable sorts.
-    tie = torch.argsort(src * len(offsets) + k, stable=True)
-    k, src, tgt, dist2 = k[tie], src[tie], tgt[tie], dist2[tie]
-    order = torch.argsort(dist2, stable=True)
-    order = order[torch.argsort(tgt[order], stable=True)]
-    k, src, tgt = k[order], src[order], tgt[order]
+    k, src, tgt = within.nonzero(as_tuple=True)
+    all_dist2 = dist2
+    k, src, tgt = _sort_edges(k, src, tgt, all_dist2[k, src, tgt], len(offsets))
     # rank of each edge among its target's edges; keep the nearest max_neighbors
     counts = torch.bincount(tgt, minlength=n)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(len(tgt)) - starts[tgt]
     keep = rank < max_neighbors
-    edge_index = torch.stack([src[keep], tgt[keep]])
-    return edge_index, offsets[k[keep]]
+    k, src, tgt = k[keep], src[keep], tgt[keep]
+    if symmetric:
+        # offsets enumerate a symmetric grid, so offset index K-1-k is the negated offset
+        codes = torch.cat([(k * n + src) * n + tgt, ((len(offsets) - 1 - k) * n + tgt) * n + src]).unique()
+        k, src, tgt = codes // (n * n), (codes // n) % n, codes % n
+        k, src, tgt = _sort_edges(k, src, tgt, all_dist2[k, src, tgt], len(offsets))
+    return torch.stack([src, tgt]), offsets[k]

@@ -5,8 +5,11 @@ from torch import nn
 
 from .common import count_parameters, predict
 from .dimenet_pp import PRESETS as DIMENETPP_PRESETS, DimeNetPP, DimeNetPPConfig
+from .gemnet import PRESETS as GEMNET_PRESETS, GemNetConfig, GemNetT, fit_scale_factors
 
-MODELS = {"dimenetpp": (DimeNetPP, DIMENETPP_PRESETS)}
+GEMNET_DT_PRESETS = {k: replace(v, direct_forces=True) for k, v in GEMNET_PRESETS.items()}
+MODELS = {"dimenetpp": (DimeNetPP, DIMENETPP_PRESETS), "gemnet_t": (GemNetT, GEMNET_PRESETS),
+          "gemnet_dt": (GemNetT, GEMNET_DT_PRESETS)}
 
 
 def build_model(name: str, preset: str = "base", **overrides) -> nn.Module:
@@ -23,4 +26,5 @@ def build_model(name: str, preset: str = "base", **overrides) -> nn.Module:
     return cls(replace(cfg, **overrides))
 
 
-__all__ = ["build_model", "count_parameters", "predict", "MODELS", "DimeNetPP", "DimeNetPPConfig"]
+__all__ = ["build_model", "count_parameters", "predict", "MODELS", "DimeNetPP", "DimeNetPPConfig", "GemNetT",
+           "GemNetConfig", "fit_scale_factors"]

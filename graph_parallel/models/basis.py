@@ -18,11 +18,14 @@ from torch import Tensor, nn
 
 
 class PolynomialEnvelope(nn.Module):
-    """u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) for x < 1, else 0 (x = d / cutoff)."""
+    """u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) for x < 1, else 0 (x = d / cutoff).
 
-    def __init__(self, exponent: int = 5):
+    DimeNet's ``envelope_exponent`` e means p = e + 1; GemNet's ``exponent`` is p itself.
+    """
+
+    def __init__(self, p: int = 6):
         super().__init__()
-        self.p = exponent + 1
+        self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.p
@@ -37,7 +40,7 @@ class BesselBasis(nn.Module):
     def __init__(self, num_radial: int, cutoff: float, envelope_exponent: int = 5, learnable: bool = True):
         super().__init__()
         self.cutoff = cutoff
-        self.envelope = PolynomialEnvelope(envelope_exponent)
+        self.envelope = PolynomialEnvelope(envelope_exponent + 1)
         freq = torch.arange(1, num_radial + 1, dtype=torch.get_default_dtype()) * math.pi
         self.freq = nn.Parameter(freq, requires_grad=learnable)
 
@@ -118,6 +121,21 @@ def real_sph_harm_m0(cos: Tensor, num_spherical: int) -> Tensor:
     return torch.stack([math.sqrt((2 * l + 1) / (4 * math.pi)) * p for l, p in enumerate(ps)], dim=-1)
 
 
+class GaussianBasis(nn.Module):
+    """GemNet radial basis: Gaussians on d / cutoff in [0, 1] times the polynomial envelope."""
+
+    def __init__(self, num_radial: int, cutoff: float, envelope_exponent: int = 5):
+        super().__init__()
+        self.cutoff = cutoff
+        self.envelope = PolynomialEnvelope(envelope_exponent)
+        self.register_buffer("centers", torch.linspace(0, 1, num_radial), persistent=False)
+        self.coeff = -0.5 / (1.0 / max(num_radial - 1, 1)) ** 2
+
+    def forward(self, dist: Tensor) -> Tensor:
+        x = (dist / self.cutoff).unsqueeze(-1)
+        return self.envelope(x) * torch.exp(self.coeff * (x - self.centers.to(dist.dtype)) ** 2)
+
+
 class SphericalBasis(nn.Module):
     """DimeNet spherical basis: normalised j_l(z_ln d/c) * envelope / (d/c), times Y_l^0(angle); [T, L * R].
 
@@ -127,7 +145,7 @@ class SphericalBasis(nn.Module):
     def __init__(self, num_spherical: int, num_radial: int, cutoff: float, envelope_exponent: int = 5):
         super().__init__()
         self.num_spherical, self.num_radial, self.cutoff = num_spherical, num_radial, cutoff
-        self.envelope = PolynomialEnvelope(envelope_exponent)
+        self.envelope = PolynomialEnvelope(envelope_exponent + 1)
         zeros = spherical_bessel_zeros(num_spherical, num_radial)
         norm = np.stack([1.0 / np.sqrt(0.5 * spherical_bessel(l + 1, zeros[l], num_spherical + 1) ** 2)
                          for l in range(num_spherical)])

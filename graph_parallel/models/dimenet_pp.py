@@ -116,6 +116,8 @@ class DimeNetPP(nn.Module):
     """Energy model; forces are conservative (see :func:`graph_parallel.models.predict`)."""
 
     direct_forces = False
+    triplet_kind = "incoming"
+    symmetric_graph = False
 
     def __init__(self, cfg: DimeNetPPConfig = DimeNetPPConfig()):
         super().__init__()

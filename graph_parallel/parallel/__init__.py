@@ -17,7 +17,8 @@ import torch
 from runtime.distributed import all_reduce_mean, get_world_size
 
 from .collectives import all_reduce, gather, group_rank_and_size, reduce_scatter, split
-from .partition import GraphPartition, even_split, incoming_triplets, partition_graph
+from .partition import (GraphPartition, even_split, incoming_triplets, partition_graph, reverse_edges,
+                        shared_target_triplets)
 
 
 def sync_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
@@ -40,4 +41,4 @@ def sync_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
 
 
 __all__ = ["all_reduce", "gather", "reduce_scatter", "split", "group_rank_and_size", "GraphPartition",
-           "even_split", "incoming_triplets", "partition_graph", "sync_gradients"]
+           "even_split", "incoming_triplets", "partition_graph", "reverse_edges", "shared_target_triplets", "sync_gradients"]

@@ -42,6 +42,54 @@ def incoming_triplets(edge_index: Tensor, cell_offsets: Tensor, num_atoms: int, 
     return id_kj[~reverse], id_ji[~reverse]
 
 
+def shared_target_triplets(edge_index: Tensor, num_atoms: int, edges: Tensor):
+    """GemNet triplets: for each given edge c->a, every other edge b->a into the same atom.
+
+    Returns ``(id_ba, id_ca, ragged)``: global edge indices grouped by ``id_ca`` in the order of
+    ``edges``, and each triplet's position among those of its ``id_ca`` (for padded layouts).
+    """
+    tgt = edge_index[1]
+    counts = torch.bincount(tgt, minlength=num_atoms)
+    ptr = torch.cumsum(counts, 0) - counts
+    a = tgt[edges]
+    n_in = counts[a]
+    id_ca = torch.repeat_interleave(edges, n_in)
+    within = torch.arange(int(n_in.sum())) - torch.repeat_interleave(torch.cumsum(n_in, 0) - n_in, n_in)
+    id_ba = torch.repeat_interleave(ptr[a], n_in) + within
+    keep = id_ba != id_ca
+    id_ba, id_ca = id_ba[keep], id_ca[keep]
+    per_edge = torch.bincount(id_ca - edges.min(), minlength=len(edges)) if len(edges) else torch.zeros(0, dtype=torch.long)
+    starts = torch.cumsum(per_edge, 0) - per_edge
+    ragged = torch.arange(len(id_ca)) - torch.repeat_interleave(starts, per_edge)
+    return id_ba, id_ca, ragged
+
+
+def reverse_edges(edge_index: Tensor, cell_offsets: Tensor, edges: Tensor) -> Tensor:
+    """Global index of the reverse (i->j, offset -s) of each given edge j->i (offset s).
+
+    Raises ValueError when some reverse edge is missing (build the graph with ``symmetric=True``).
+    """
+    src, tgt = edge_index
+    off = cell_offsets.round().long()
+    if off.numel() and off.abs().max() > 1000:
+        raise ValueError("cell offsets beyond +-1000 images are not supported")
+    n = int(edge_index.max()) + 1 if edge_index.numel() else 1
+
+    def key(s, t, o):
+        o = o + 1000
+        return ((s * n + t) * 2001 + o[:, 0]) * 2001 * 2001 + o[:, 1] * 2001 + o[:, 2]
+
+    keys = key(src, tgt, off)
+    order = torch.argsort(keys)
+    wanted = key(tgt[edges], src[edges], -off[edges])
+    pos = torch.searchsorted(keys[order], wanted).clamp(max=len(keys) - 1)
+    found = keys[order][pos] == wanted
+    if not bool(found.all()):
+        raise ValueError(f"{int((~found).sum())} edge(s) have no reverse edge; GemNet needs a symmetric graph "
+                         "(radius_graph_pbc(..., symmetric=True))")
+    return order[pos]
+
+
 @dataclass
 class GraphPartition:
     """What one graph-parallel rank computes. Edge indices are global unless named ``*_local``."""
@@ -56,6 +104,11 @@ class GraphPartition:
     edge_end: int
     id_kj: Tensor              # [T_r] global index of each local triplet's incoming edge k->j
     id_ji_local: Tensor        # [T_r] local index of each local triplet's edge j->i
+    # GemNet ("shared_target" triplets b->a, c->a; both edges are local) and reverse edges
+    id3_ba_local: Tensor = None
+    id3_ca_local: Tensor = None
+    id3_ragged: Tensor = None
+    id_swap: Tensor = None     # [E_r] global index of each local edge's reverse
 
     @property
     def atoms(self) -> slice:
@@ -74,13 +127,21 @@ class GraphPartition:
         return self.edge_end - self.edge_start
 
     def to(self, device) -> "GraphPartition":
-        self.id_kj, self.id_ji_local = self.id_kj.to(device), self.id_ji_local.to(device)
+        for name in ("id_kj", "id_ji_local", "id3_ba_local", "id3_ca_local", "id3_ragged", "id_swap"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
 
 def partition_graph(edge_index: Tensor, cell_offsets: Tensor, num_atoms: int, rank: int = 0,
-                    size: int = 1) -> GraphPartition:
-    """The share of graph-parallel rank ``rank`` out of ``size`` (``edge_index`` sorted by target)."""
+                    size: int = 1, triplets: str = "incoming") -> GraphPartition:
+    """The share of graph-parallel rank ``rank`` out of ``size`` (``edge_index`` sorted by target).
+
+    ``triplets="incoming"`` builds DimeNet triplets (k->j, j->i); ``"shared_target"`` builds GemNet
+    triplets (b->a, c->a) and the reverse-edge map instead.
+    """
+    if triplets not in ("incoming", "shared_target"):
+        raise ValueError(f"unknown triplet kind {triplets!r}")
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} outside a graph-parallel group of size {size}")
     edge_index, cell_offsets = edge_index.cpu(), cell_offsets.cpu()
@@ -92,7 +153,15 @@ def partition_graph(edge_index: Tensor, cell_offsets: Tensor, num_atoms: int, ra
     edge_bounds = torch.searchsorted(tgt, atom_bounds)
     edge_sizes = (edge_bounds[1:] - edge_bounds[:-1]).tolist()
     e0, e1 = int(edge_bounds[rank]), int(edge_bounds[rank + 1])
-    id_kj, id_ji = incoming_triplets(edge_index, cell_offsets, num_atoms, torch.arange(e0, e1))
-    return GraphPartition(rank=rank, size=size, atom_sizes=atom_sizes, edge_sizes=edge_sizes,
+    local = torch.arange(e0, e1)
+    part = GraphPartition(rank=rank, size=size, atom_sizes=atom_sizes, edge_sizes=edge_sizes,
                           atom_start=int(atom_bounds[rank]), atom_end=int(atom_bounds[rank + 1]),
-                          edge_start=e0, edge_end=e1, id_kj=id_kj, id_ji_local=id_ji - e0)
+                          edge_start=e0, edge_end=e1, id_kj=None, id_ji_local=None)
+    if triplets == "incoming":
+        id_kj, id_ji = incoming_triplets(edge_index, cell_offsets, num_atoms, local)
+        part.id_kj, part.id_ji_local = id_kj, id_ji - e0
+    else:
+        id_ba, id_ca, ragged = shared_target_triplets(edge_index, num_atoms, local)
+        part.id3_ba_local, part.id3_ca_local, part.id3_ragged = id_ba - e0, id_ca - e0, ragged
+        part.id_swap = reverse_edges(edge_index, cell_offsets, local)
+    return part

@@ -1,0 +1,304 @@
+"""GemNet-T and GemNet-dT (Gasteiger, Becker, Guennemann, 2021) in graph-parallel form.
+
+Edges c->a carry embeddings m_ca; a triplet pairs two edges into the same atom a (b->a feeds c->a)
+with the angle at a, so every triplet of a rank's edges is local. Communication per interaction
+block: one all-gather of the edge update ``x_ac`` (read at each edge's reverse, "id_swap") and one
+all-gather of the atom embeddings h (read at each edge's source). GemNet-T takes forces as -dE/dx,
+GemNet-dT predicts them directly from per-edge scalars times edge directions.
+
+Efficient bilinear layer: the radial part of the circular basis depends only on the output edge
+c->a, so sum_b Y(angle_cab) x_ba is formed first (a padded [E, S, K] x [E, K, C] batched matmul)
+and projected afterwards, instead of materialising a [triplets, S * R] basis.
+
+Scaling factors: ``ScaleFactor`` buffers (1.0 until fitted) rescale sums so activations keep unit
+variance; :func:`fit_scale_factors` fits them one after another on a few batches, as GemNet does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from runtime.graph import scatter_sum
+
+from ..data.batch import S2EFBatch
+from ..parallel import GraphPartition, gather, partition_graph
+from .basis import GaussianBasis, real_sph_harm_m0
+
+INV_SQRT2 = 1 / math.sqrt(2.0)
+
+
+@dataclass
+class GemNetConfig:
+    num_spherical: int = 7
+    num_radial: int = 128
+    num_blocks: int = 3
+    emb_size_atom: int = 512
+    emb_size_edge: int = 512
+    emb_size_trip: int = 64
+    emb_size_rbf: int = 16
+    emb_size_cbf: int = 16
+    emb_size_bil_trip: int = 64
+    num_before_skip: int = 1
+    num_after_skip: int = 2
+    num_concat: int = 1
+    num_atom: int = 3
+    cutoff: float = 6.0
+    envelope_exponent: int = 5
+    direct_forces: bool = False
+    num_elements: int = 100
+
+
+PRESETS = {
+    # tiny: tests and CPU quick starts (not a published configuration)
+    "small": GemNetConfig(num_radial=16, num_blocks=2, emb_size_atom=32, emb_size_edge=32, emb_size_trip=16,
+                          emb_size_rbf=8, emb_size_cbf=8, emb_size_bil_trip=16, num_atom=2),
+    "base": GemNetConfig(),                                                  # OC20 GemNet-T / GemNet-dT
+    "xl": GemNetConfig(num_blocks=6, emb_size_atom=128, emb_size_edge=1536, emb_size_trip=384,
+                       emb_size_bil_trip=192),                               # GemNet-XL (Sriram et al.)
+}
+
+
+class ScaledSiLU(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.silu(x) * (1 / 0.6)
+
+
+class Dense(nn.Module):
+    def __init__(self, n_in: int, n_out: int, bias: bool = False, act: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out, bias=bias)
+        self.act = ScaledSiLU() if act else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.linear(x))
+
+
+class Residual(nn.Module):
+    def __init__(self, units: int, layers: int = 2):
+        super().__init__()
+        self.mlp = nn.Sequential(*(Dense(units, units) for _ in range(layers)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x + self.mlp(x)) * INV_SQRT2
+
+
+class ScaleFactor(nn.Module):
+    """y * scale; while fitting, accumulates mean squares of y (and of the reference x, if given)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.fitting = False
+        self._sums = None
+
+    def forward(self, y: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+        if self.fitting:
+            target = (ref.detach().double() ** 2).mean() if ref is not None else y.new_tensor(1.0).double()
+            stats = torch.stack([target, (y.detach().double() ** 2).mean()])
+            self._sums = stats if self._sums is None else self._sums + stats
+        return y * self.scale
+
+    def start_fit(self) -> None:
+        self.fitting, self._sums = True, None
+
+    def finish_fit(self) -> float:
+        self.fitting = False
+        if self._sums is not None and self._sums[1] > 0:
+            self.scale.fill_(float(torch.sqrt(self._sums[0] / self._sums[1])))
+        return float(self.scale)
+
+
+class EdgeEmbedding(nn.Module):
+    """m_ca = act(W [h_c, h_a, e_ca]): source and target atom embeddings with an edge feature."""
+
+    def __init__(self, atom: int, edge_in: int, out: int):
+        super().__init__()
+        self.dense = Dense(2 * atom + edge_in, out)
+
+    def forward(self, h: Tensor, e: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
+        return self.dense(torch.cat([h[src], h[tgt], e], dim=-1))
+
+
+class AtomUpdate(nn.Module):
+    """h_a <- MLP(scale * sum_c m_ca * W rbf_ca), the sum over this rank's edges into its atoms."""
+
+    def __init__(self, cfg: GemNetConfig, layers: int):
+        super().__init__()
+        self.dense_rbf = Dense(cfg.emb_size_rbf, cfg.emb_size_edge, act=False)
+        self.scale_sum = ScaleFactor()
+        self.layers = nn.Sequential(Dense(cfg.emb_size_edge, cfg.emb_size_atom),
+                                    *(Residual(cfg.emb_size_atom) for _ in range(layers)))
+
+    def forward(self, m: Tensor, rbf: Tensor, tgt_local: Tensor, num_atoms: int) -> Tensor:
+        x = scatter_sum(m * self.dense_rbf(rbf), tgt_local, num_atoms)
+        return self.layers(self.scale_sum(x, m))
+
+
+class OutputBlock(AtomUpdate):
+    def __init__(self, cfg: GemNetConfig):
+        super().__init__(cfg, cfg.num_atom)
+        self.out_energy = nn.Linear(cfg.emb_size_atom, 1, bias=False)
+        self.direct = cfg.direct_forces
+        if self.direct:
+            self.seq_forces = nn.Sequential(*(Residual(cfg.emb_size_edge) for _ in range(cfg.num_atom)))
+            self.dense_rbf_f = Dense(cfg.emb_size_rbf, cfg.emb_size_edge, act=False)
+            self.scale_rbf_f = ScaleFactor()
+            self.out_forces = nn.Linear(cfg.emb_size_edge, 1, bias=False)
+
+    def forward(self, m, rbf, tgt_local, num_atoms):
+        energy = self.out_energy(super().forward(m, rbf, tgt_local, num_atoms)).squeeze(-1)     # [A_local]
+        if not self.direct:
+            return energy, None
+        x = self.seq_forces(m)
+        x = self.scale_rbf_f(x * self.dense_rbf_f(rbf), x)
+        return energy, self.out_forces(x).squeeze(-1)                                           # [E_local]
+
+
+class EfficientBilinear(nn.Module):
+    """sum_b [W_rbf(d_ca) . Y(angle_cab)] x_ba, projected with a bilinear weight [cbf, trip, out]."""
+
+    def __init__(self, cfg: GemNetConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.emb_size_cbf, cfg.emb_size_trip, cfg.emb_size_bil_trip))
+        nn.init.normal_(self.weight, std=1 / math.sqrt(cfg.emb_size_cbf * cfg.emb_size_trip))
+
+    def forward(self, rbf_w: Tensor, sph: Tensor, x_ba: Tensor, id_ca: Tensor, ragged: Tensor, kmax: int):
+        """rbf_w [E, cbf, S], sph [E, S, K] (padded), x_ba [T, trip] -> [E, out]."""
+        padded = x_ba.new_zeros(rbf_w.shape[0], kmax, x_ba.shape[1])
+        padded = padded.index_put((id_ca, ragged), x_ba)
+        sum_k = torch.bmm(sph, padded)                       # [E, S, trip]
+        rbf_sum = torch.bmm(rbf_w, sum_k)                    # [E, cbf, trip]
+        return torch.einsum("eij,ijo->eo", rbf_sum, self.weight)
+
+
+class TripletInteraction(nn.Module):
+    def __init__(self, cfg: GemNetConfig):
+        super().__init__()
+        e, t = cfg.emb_size_edge, cfg.emb_size_trip
+        self.dense_ba = Dense(e, e)
+        self.mlp_rbf = Dense(cfg.emb_size_rbf, e, act=False)
+        self.scale_rbf = ScaleFactor()
+        self.down_projection = Dense(e, t)
+        self.bilinear = EfficientBilinear(cfg)
+        self.scale_cbf_sum = ScaleFactor()
+        self.up_projection_ca = Dense(cfg.emb_size_bil_trip, e)
+        self.up_projection_ac = Dense(cfg.emb_size_bil_trip, e)
+
+    def forward(self, m, rbf3, rbf_w, sph, part: GraphPartition, kmax: int, group):
+        x_ba = self.dense_ba(m)
+        x_ba = self.scale_rbf(x_ba * self.mlp_rbf(rbf3), x_ba)
+        x_ba = self.down_projection(x_ba)[part.id3_ba_local]                       # [T_local, trip]
+        x = self.bilinear(rbf_w, sph, x_ba, part.id3_ca_local, part.id3_ragged, kmax)
+        x = self.scale_cbf_sum(x, x_ba)
+        x_ca = self.up_projection_ca(x)
+        x_ac = gather(self.up_projection_ac(x), part.edge_sizes, group)[part.id_swap]   # reverse edges
+        return (x_ca + x_ac) * INV_SQRT2
+
+
+class InteractionBlock(nn.Module):
+    def __init__(self, cfg: GemNetConfig):
+        super().__init__()
+        e = cfg.emb_size_edge
+        self.dense_ca = Dense(e, e)
+        self.triplet = TripletInteraction(cfg)
+        self.before_skip = nn.Sequential(*(Residual(e) for _ in range(cfg.num_before_skip)))
+        self.after_skip = nn.Sequential(*(Residual(e) for _ in range(cfg.num_after_skip)))
+        self.atom_update = AtomUpdate(cfg, cfg.num_atom)
+        self.concat = EdgeEmbedding(cfg.emb_size_atom, e, e)
+        self.residual_m = nn.Sequential(*(Residual(e) for _ in range(cfg.num_concat)))
+
+    def forward(self, h_local, m, rbf3, rbf_w, sph, rbf_h, src, tgt, part, kmax, group):
+        x = (self.dense_ca(m) + self.triplet(m, rbf3, rbf_w, sph, part, kmax, group)) * INV_SQRT2
+        m = (m + self.before_skip(x)) * INV_SQRT2
+        m = self.after_skip(m)
+        h_local = (h_local + self.atom_update(m, rbf_h, tgt - part.atom_start, part.num_local_atoms)) * INV_SQRT2
+        h = gather(h_local, part.atom_sizes, group)                                  # sources live anywhere
+        m = (m + self.residual_m(self.concat(h, m, src, tgt))) * INV_SQRT2
+        return h_local, m
+
+
+class GemNetT(nn.Module):
+    """GemNet-T (conservative forces) or, with ``direct_forces``, GemNet-dT."""
+
+    triplet_kind = "shared_target"
+    symmetric_graph = True
+
+    def __init__(self, cfg: GemNetConfig = GemNetConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.direct_forces = cfg.direct_forces
+        self.radial = GaussianBasis(cfg.num_radial, cfg.cutoff, cfg.envelope_exponent)
+        self.radial_cbf = GaussianBasis(cfg.num_radial, cfg.cutoff, cfg.envelope_exponent)
+        self.mlp_rbf3 = Dense(cfg.num_radial, cfg.emb_size_rbf, act=False)
+        # efficient down projection of the circular basis' radial part: [S, R, cbf]
+        self.mlp_cbf3 = nn.Parameter(torch.empty(cfg.num_spherical, cfg.num_radial, cfg.emb_size_cbf))
+        nn.init.normal_(self.mlp_cbf3, std=1 / math.sqrt(cfg.num_radial))
+        self.mlp_rbf_h = Dense(cfg.num_radial, cfg.emb_size_rbf, act=False)
+        self.mlp_rbf_out = Dense(cfg.num_radial, cfg.emb_size_rbf, act=False)
+        self.atom_emb = nn.Embedding(cfg.num_elements, cfg.emb_size_atom)
+        nn.init.uniform_(self.atom_emb.weight, -math.sqrt(3), math.sqrt(3))
+        self.edge_emb = EdgeEmbedding(cfg.emb_size_atom, cfg.num_radial, cfg.emb_size_edge)
+        self.interactions = nn.ModuleList(InteractionBlock(cfg) for _ in range(cfg.num_blocks))
+        self.outputs = nn.ModuleList(OutputBlock(cfg) for _ in range(cfg.num_blocks + 1))
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    def forward(self, pos: Tensor, batch: S2EFBatch, part: GraphPartition, group=None):
+        """Per-structure energy over this rank's atoms [B], and direct forces on its atoms [A_local, 3]."""
+        if part.id_swap is None:
+            raise ValueError("GemNet needs a partition with triplets='shared_target' (and a symmetric graph)")
+        local = part.edges
+        src, tgt = batch.edge_index[:, local]
+        tgt_local = tgt - part.atom_start
+        vec = pos[src] - pos[tgt]
+        shift = torch.einsum("ei,eij->ej", batch.cell_offsets[local].to(pos.dtype),
+                             batch.cell.to(pos.dtype)[batch.batch[tgt]])
+        vec = vec + shift                                                  # from target a to source c
+        dist = vec.norm(dim=-1)
+        rbf = self.radial(dist)                                            # [E_local, R]
+        # circular basis: angle at a between a->b and a->c; radial part on c->a (efficient form)
+        unit = vec / dist.unsqueeze(-1)
+        cos = (unit[part.id3_ba_local] * unit[part.id3_ca_local]).sum(-1)
+        sph_t = real_sph_harm_m0(cos, self.cfg.num_spherical)              # [T_local, S]
+        kmax = int(part.id3_ragged.max()) + 1 if part.id3_ragged.numel() else 1
+        sph = sph_t.new_zeros(part.num_local_edges, kmax, self.cfg.num_spherical)
+        sph = sph.index_put((part.id3_ca_local, part.id3_ragged), sph_t).transpose(1, 2)   # [E, S, K]
+        rbf_w = torch.einsum("er,srk->eks", self.radial_cbf(dist), self.mlp_cbf3)          # [E, cbf, S]
+        rbf3, rbf_h, rbf_out = self.mlp_rbf3(rbf), self.mlp_rbf_h(rbf), self.mlp_rbf_out(rbf)
+
+        h = self.atom_emb(batch.atomic_numbers - 1)                        # all atoms (replicated)
+        m = self.edge_emb(h, rbf, src, tgt)
+        h_local = h[part.atoms]
+        atom_energy, edge_force = self.outputs[0](m, rbf_out, tgt_local, part.num_local_atoms)
+        for block, output in zip(self.interactions, self.outputs[1:]):
+            h_local, m = block(h_local, m, rbf3, rbf_w, sph, rbf_h, src, tgt, part, kmax, group)
+            e, f = output(m, rbf_out, tgt_local, part.num_local_atoms)
+            atom_energy = atom_energy + e
+            edge_force = edge_force + f if f is not None else None
+        energy = scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures)
+        if not self.direct_forces:
+            return energy, None
+        forces = scatter_sum(edge_force.unsqueeze(-1) * unit, tgt_local, part.num_local_atoms)
+        return energy, forces
+
+
+def fit_scale_factors(model: GemNetT, batches: Iterable[S2EFBatch]) -> list:
+    """Fit every ScaleFactor in order (earlier ones fixed) on whole graphs; returns the scales.
+
+    Runs without communication on the full graph, so every rank computes the same factors.
+    """
+    batches = list(batches)
+    parts = [partition_graph(b.edge_index, b.cell_offsets, b.num_atoms, 0, 1, model.triplet_kind) for b in batches]
+    scales = []
+    with torch.no_grad():
+        for factor in [m for m in model.modules() if isinstance(m, ScaleFactor)]:
+            factor.start_fit()
+            for b, p in zip(batches, parts):
+                model(b.pos, b, p, None)
+            scales.append(factor.finish_fit())
+    return scales
