@@ -33,7 +33,7 @@ from runtime.seed import seed_everything
 
 from .data import EMBEDDED_DATA_DIR, Collater, LmdbDataset
 from .losses import Normalizer, s2ef_error_sums, s2ef_loss, s2ef_metrics
-from .models import MODELS, build_model, count_parameters, predict
+from .models import MODELS, build_model, count_parameters, fit_scale_factors, predict
 from .parallel import partition_graph, sync_gradients
 
 
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema_decay", type=float, default=0.999, help="EMA of weights for evaluation (0: off)")
     g.add_argument("--max_steps", type=int, default=None, help="stop training after N optimizer steps")
     g.add_argument("--evaluate", action="store_true", help="only evaluate --load_ckpt_path on the val set")
+    g.add_argument("--fit_scale_batches", type=int, default=4,
+                   help="GemNet: training batches used to fit the scaling factors at the start (0: keep 1.0)")
     return parser
 
 
@@ -82,11 +84,12 @@ def energy_normalizer(dataset: LmdbDataset, limit: int = 5000) -> Normalizer:
 
 def make_loader(dataset, args, grid: ProcessGrid, train: bool) -> DataLoader:
     """Batches per data-parallel group: every rank of a gp group sees the same batches."""
+    symmetric = MODELS[args.model][0].symmetric_graph
     sampler = make_sampler(dataset, shuffle=train, seed=args.seed, num_replicas=grid.dp_size, rank=grid.dp_rank)
     if sampler is None and train:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed))
     return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, shuffle=False,
-                      collate_fn=Collater(args.cutoff, args.max_neighbors), num_workers=args.num_workers)
+                      collate_fn=Collater(args.cutoff, args.max_neighbors, symmetric), num_workers=args.num_workers)
 
 
 def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
@@ -126,7 +129,7 @@ class Trainer:
     # -- one batch ---------------------------------------------------------------------------
     def forward(self, model, batch, create_graph: bool):
         part = partition_graph(batch.edge_index, batch.cell_offsets, batch.num_atoms, self.grid.gp_rank,
-                               self.grid.gp_size).to(self.device)
+                               self.grid.gp_size, self.model.triplet_kind).to(self.device)
         with self.precision.autocast():
             energy, forces = predict(model, batch, part, self.grid.gp_group,
                                      compute_forces=self.args.force_coef > 0 or not create_graph,
@@ -260,9 +263,19 @@ def main(argv=None) -> Optional[Dict[str, float]]:
     if is_main_process():
         print(f"{args.model}/{args.preset}: {count_parameters(trainer.model):,} parameters; {grid}; "
               f"{len(train_set)} train / {len(val_set) if val_set else 0} val frames", flush=True)
+    train_loader = make_loader(train_set, args, grid, train=True)
     if args.load_ckpt_path:
         trainer.load(args.load_ckpt_path, resume=not args.evaluate)
-    train_loader = make_loader(train_set, args, grid, train=True)
+    elif args.model.startswith("gemnet") and args.fit_scale_batches > 0:
+        fit_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=False,
+                                collate_fn=train_loader.collate_fn)
+        batches = [b.to(env.device) for _, b in zip(range(args.fit_scale_batches), fit_loader)]
+        scales = fit_scale_factors(trainer.model, batches)
+        if trainer.ema is not None:                  # the EMA copy was taken before fitting
+            trainer.ema.module.load_state_dict(trainer.model.state_dict())
+        if is_main_process():
+            print(f"fitted {len(scales)} GemNet scaling factors: " + ", ".join(f"{s:.3g}" for s in scales),
+                  flush=True)
     val_loader = make_loader(val_set, args, grid, train=False) if val_set is not None else None
     result = None
     try:

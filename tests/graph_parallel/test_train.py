@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Subset
 
 from graph_parallel.data import EMBEDDED_DATA_DIR, LmdbDataset
+from graph_parallel.models import fit_scale_factors
 from graph_parallel.train import Trainer, build_parser, energy_normalizer, main, make_loader
 from runtime.distributed import ProcessGrid
 from runtime.logging import read_dllogger, setup_logger
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--preset", "small", "--cutoff", "4.5", "--max_neighbors", "20", "--batch_size", "4", "--silent"]
 
 
-@pytest.mark.parametrize("model", ["dimenetpp"])
+@pytest.mark.parametrize("model", ["dimenetpp", "gemnet_t", "gemnet_dt"])
 def test_short_training_lowers_loss(model, tmp_path):
     args = build_parser().parse_args(SMALL + ["--model", model, "--warmup_steps", "0", "--learning_rate", "3e-3",
                                               "--ema_decay", "0", "--gradient_clip", "100"])
@@ -28,6 +29,8 @@ def test_short_training_lowers_loss(model, tmp_path):
     trainer = Trainer(args, ProcessGrid(1), torch.device("cpu"), setup_logger(None, silent=True),
                       energy_normalizer(data))
     loader = make_loader(subset, args, trainer.grid, train=True)
+    if model.startswith("gemnet"):
+        fit_scale_factors(trainer.model, [b for b in loader])
     before = trainer.evaluate(loader)["loss"]
     for _ in range(12):
         for batch in loader:
