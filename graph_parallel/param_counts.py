@@ -5,8 +5,9 @@
 from .models import MODELS, build_model, count_parameters
 
 # figures quoted by the paper / OC20 for the presets that have one
-PAPER = {("dimenetpp", "base"): "1.8M", ("dimenetpp", "xl"): "~240M", ("gemnet_t", "base"): "~31M",
-         ("gemnet_t", "xl"): "~300M", ("gemnet_dt", "xl"): "~300M"}
+PAPER = {("dimenetpp", "base"): "1.8M (OC20 DimeNet++)", ("dimenetpp", "xl"): "~240M (DimeNet++-XL)",
+         ("gemnet_dt", "base"): "~32M (OC20 GemNet-dT)", ("gemnet_t", "xl"): "~300M (GemNet-XL)",
+         ("gemnet_dt", "xl"): "~300M (GemNet-XL)"}
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ def collectives_worker(rank, world, sizes):
     return out
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("sizes", [(4, 3), (3, 2, 2), (1, 0, 6)])
 def test_collectives_forward_backward(sizes):
     world, n = len(sizes), sum(sizes)

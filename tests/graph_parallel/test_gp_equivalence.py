@@ -64,6 +64,7 @@ def assert_close(got, ref, what):
     torch.testing.assert_close(got, ref, **TOL, msg=lambda m: f"{what}: {m}")
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("gp_size", [2, 3])
 def test_graph_parallel_equals_single_process(gp_size):
     frames = FRAMES_A + FRAMES_B
@@ -80,6 +81,7 @@ def test_graph_parallel_equals_single_process(gp_size):
                 assert_close(got["grads"][n], ref["grads"][n], f"{name} grad {n}")
 
 
+@pytest.mark.distributed
 def test_data_x_graph_parallel_equals_merged_batch():
     """4 processes: 2 data-parallel groups x 2 graph-parallel ranks == 1 process on both batches."""
     refs = {name: run(name, FRAMES_A + FRAMES_B) for name in MODELS}

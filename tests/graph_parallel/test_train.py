@@ -48,6 +48,7 @@ def torchrun(args, nproc=2, timeout=240):
     return proc
 
 
+@pytest.mark.distributed
 def test_torchrun_gp2_train_resume_evaluate(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     common = SMALL + ["--gp_size", "2", "--log_dir", str(tmp_path), "--save_ckpt_path", str(ckpt)]
