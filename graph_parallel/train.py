@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, RandomSampler
 from runtime.callbacks import PerformanceMeter
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.cli import add_common_args
-from runtime.compile import maybe_compile
 from runtime.cuda_graphs import require_cuda_graphs
 from runtime.distributed import ProcessGrid, init_distributed, is_main_process, make_sampler, shutdown
 from runtime.logging import setup_logger
@@ -114,8 +113,8 @@ class Trainer:
         self.args, self.grid, self.device, self.logger, self.norm = args, grid, device, logger, normalizer
         torch.manual_seed(args.seed)                          # identical initial weights on every rank
         self.model = build_model(args.model, args.preset, cutoff=args.cutoff).to(device)
-        seed_everything(args.seed, grid.dp_rank)
-        self.forward_model = maybe_compile(self.model, args.compile)
+        seed_everything(args.seed, grid.dp_rank)                 # gp ranks of one group share a stream
+        self._micro_batches = 0
         self.precision = Precision(args.amp, device, args.amp_dtype)
         self.optimizer = make_optimizer(args.optimizer, self.model.parameters(), args.learning_rate,
                                         weight_decay=args.weight_decay)
@@ -139,13 +138,13 @@ class Trainer:
     def train_step(self, batch) -> Dict[str, float]:
         args = self.args
         batch = batch.to(self.device)
-        energy, forces = self.forward(self.forward_model, batch, create_graph=True)
+        energy, forces = self.forward(self.model, batch, create_graph=True)
         loss, value = s2ef_loss(energy, forces, batch, self.norm, args.energy_coef, args.force_coef,
                                 self.grid.dp_group)
         self.precision.backward(loss / args.accumulate_grad_batches)
-        self._micro = getattr(self, "_micro", 0) + 1
+        self._micro_batches += 1
         out = {"train_loss": value.item()}
-        if self._micro % args.accumulate_grad_batches == 0:
+        if self._micro_batches % args.accumulate_grad_batches == 0:
             sync_gradients(self.model.parameters())
             norm = self.precision.step(self.optimizer, self.model.parameters(), clip_norm=args.gradient_clip)
             self.optimizer.zero_grad(set_to_none=True)
@@ -251,6 +250,10 @@ def main(argv=None) -> Optional[Dict[str, float]]:
         require_cuda_graphs(env.device)
         raise RuntimeError("--cuda_graphs: graph-parallel steps communicate and change shape every batch; "
                            "CUDA graph capture is not supported for graph_parallel")
+    if args.compile:
+        raise ValueError("--compile is not supported by graph_parallel: conservative forces need a double "
+                         "backward (which torch.compile does not support) and the collectives are custom "
+                         "autograd Functions with process-group calls; run without --compile")
     set_tf32(args.tf32)
     grid = ProcessGrid(args.gp_size)
     logger = setup_logger(args.log_dir, wandb=args.wandb, wandb_project=args.wandb_project,

@@ -121,6 +121,37 @@ def test_partition_covers_every_edge_and_triplet_once():
         assert got == ref
 
 
+def test_shared_target_partition_and_reverse_edges():
+    from graph_parallel.data import radius_graph_pbc
+    from graph_parallel.parallel import reverse_edges
+
+    pos = _data(6, 7, 3).float() * 1.2
+    edge_index, offsets = radius_graph_pbc(pos, torch.eye(3) * 4.0, cutoff=3.0, max_neighbors=50, symmetric=True)
+    src, tgt = edge_index
+    full = partition_graph(edge_index, offsets, 7, 0, 1, triplets="shared_target")
+    ba, ca = full.id3_ba_local, full.id3_ca_local
+    assert torch.all(tgt[ba] == tgt[ca]) and torch.all(ba != ca)
+    # every ordered pair of distinct edges into the same atom, exactly once
+    expected = sum(int(n) * (int(n) - 1) for n in torch.bincount(tgt, minlength=7))
+    assert len(set(zip(ba.tolist(), ca.tolist()))) == ba.numel() == expected
+    swap = reverse_edges(edge_index, offsets, torch.arange(edge_index.shape[1]))
+    assert torch.equal(swap[swap], torch.arange(edge_index.shape[1]))
+    assert torch.equal(src[swap], tgt) and torch.equal(offsets[swap], -offsets)
+    for size in (2, 3):
+        got = set()
+        for r in range(size):
+            p = partition_graph(edge_index, offsets, 7, r, size, triplets="shared_target")
+            assert torch.equal(p.id_swap, swap[p.edges])
+            # ragged positions enumerate each edge's triplets 0..k-1
+            for e in p.id3_ca_local.unique():
+                assert sorted(p.id3_ragged[p.id3_ca_local == e].tolist()) == list(range(int((p.id3_ca_local == e).sum())))
+            got |= set(zip((p.id3_ba_local + p.edge_start).tolist(), (p.id3_ca_local + p.edge_start).tolist()))
+        assert got == set(zip(ba.tolist(), ca.tolist()))
+    with pytest.raises(ValueError, match="reverse"):
+        plain, plain_off = radius_graph_pbc(pos, torch.eye(3) * 4.0, cutoff=3.0, max_neighbors=2)
+        partition_graph(plain, plain_off, 7, 0, 1, triplets="shared_target")
+
+
 def test_partition_rejects_unsorted_edges():
     edge_index, offsets = _toy_graph()
     with pytest.raises(ValueError, match="sorted"):

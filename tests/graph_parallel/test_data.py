@@ -156,3 +156,16 @@ def test_embedded_dataset_collates():
     assert batch.num_structures == 2 and batch.edge_index.shape[0] == 2
     assert torch.bincount(batch.edge_index[1]).max().item() <= 50
     assert batch.edge_index[0, batch.edge_index[1] < ds[0]["pos"].shape[0]].max() < ds[0]["pos"].shape[0]
+
+
+def test_symmetric_radius_graph_holds_every_reverse_edge():
+    ds = LmdbDataset(EMBEDDED_DATA_DIR / "train.lmdb")
+    frame = ds[3]
+    plain, plain_off = radius_graph_pbc(frame["pos"], frame["cell"], 6.0, max_neighbors=12)
+    sym, sym_off = radius_graph_pbc(frame["pos"], frame["cell"], 6.0, max_neighbors=12, symmetric=True)
+    as_set = lambda ei, off: {(j, i, tuple(o)) for (j, i), o in zip(ei.T.tolist(), off.long().tolist())}
+    plain_set, sym_set = as_set(plain, plain_off), as_set(sym, sym_off)
+    assert len(plain_set) < len(sym_set) == sym.shape[1]                 # truncation broke symmetry
+    assert plain_set <= sym_set
+    assert sym_set == {(i, j, tuple(-x for x in o)) for j, i, o in sym_set}
+    assert torch.all(sym[1, 1:] >= sym[1, :-1])

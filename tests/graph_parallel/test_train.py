@@ -76,5 +76,7 @@ def test_bad_input_fails_clearly(tmp_path):
         main(SMALL + ["--data_dir", str(tmp_path / "missing"), "--log_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="gp_size"):
         main(SMALL + ["--gp_size", "3", "--log_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--compile"):
+        main(SMALL + ["--compile", "--log_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="unknown preset"):
         main(["--preset", "huge", "--log_dir", str(tmp_path), "--silent"])
