@@ -181,13 +181,13 @@ def main(argv: Optional[list] = None) -> dict:
                                        scheduler, logger)
         history["train_loss"].append(epoch_loss)
         epochs_done = epoch + 1
-        logger.log((epoch,), {"train loss": epoch_loss})
+        logger.log((epoch, step), {"train loss": epoch_loss})
         out_of_time = args.max_time_min is not None and time.time() - started > 60 * args.max_time_min
         last = epoch + 1 == args.epochs or out_of_time
         if args.eval_interval > 0 and ((epoch + 1) % args.eval_interval == 0 or last):
             val = evaluate(model, val_loader, scaler, precision, device)
             history["val_mae"].append(val["mae"])
-            logger.log((epoch,), {"validation MAE": val["mae"]})
+            logger.log((epoch, step), {"validation MAE": val["mae"]})
         if args.ckpt_interval > 0 and (epoch + 1) % args.ckpt_interval == 0 and not last:
             checkpoint(epoch + 1)
         if out_of_time:
