@@ -71,6 +71,7 @@ def basis_max_degree(basis: Basis) -> int:
     return max(k[0] for k in basis if isinstance(k, tuple))
 
 
+@torch.compiler.disable  # plain tensor bookkeeping; keeps torch.compile from tracing dict building
 def fuse_basis(basis: Basis, fully_fused: bool = True, partially_fused: bool = True) -> Basis:
     """Return a copy of ``basis`` with the fused layouts added (only those asked for).
 
@@ -126,6 +127,7 @@ def fuse_basis(basis: Basis, fully_fused: bool = True, partially_fused: bool = T
     return fused
 
 
+@torch.compiler.disable  # e3nn's Clebsch-Gordan construction is Python-heavy; run it eagerly
 def get_basis(relative_pos: Tensor, max_degree: int, use_pad_trick: bool = False, fully_fused: bool = True,
               partially_fused: bool = True) -> Basis:
     """Pairwise and requested fused bases for a batch of edges. No gradient flows into positions."""
