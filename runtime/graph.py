@@ -112,8 +112,11 @@ def scatter_max(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
 def segment_softmax(scores: Tensor, index: Tensor, num_segments: int) -> Tensor:
     """Softmax of ``scores`` over the rows that share a segment id (e.g. a destination node).
 
-    Subtracts the per-segment max first, so large scores do not overflow.
+    Subtracts the per-segment max first, so large scores do not overflow, and computes in float32
+    for half-precision inputs (the result has the input dtype).
     """
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        return segment_softmax(scores.float(), index, num_segments).to(scores.dtype)
     seg_max = scores.new_full((num_segments, *scores.shape[1:]), float("-inf"))
     seg_max = seg_max.scatter_reduce(0, _expand_index(index, scores), scores.detach(), reduce="amax",
                                      include_self=True)

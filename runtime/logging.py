@@ -75,6 +75,7 @@ class Logger:
         self.active = active
         self.start = time.time()
         self.metadata: Dict[str, dict] = {}
+        self._last_step = 0
         self._file = None
         self.json_path = json_path
         if active and json_path:
@@ -113,6 +114,9 @@ class Logger:
             print(f"DLL {stamp} - {_format_step(step)} | " + " | ".join(parts), file=sys.stdout, flush=True)
         numeric = {k: v for k, v in data.items() if isinstance(v, numbers.Number) and not isinstance(v, bool)}
         global_step = self._global_step(step)
+        if global_step is not None:
+            # W&B rejects steps that go backwards: keep the largest step seen so far.
+            global_step = self._last_step = max(global_step, self._last_step)
         if self.wandb_run is not None and numeric:
             self.wandb_run.log(numeric, **({"step": global_step} if global_step is not None else {}))
         if self.tb_writer is not None:

@@ -105,3 +105,7 @@ def test_graph_batch_collate_and_scatter_ops():
     torch.testing.assert_close(out[:2], torch.softmax(torch.tensor([0.0, 1.0]), 0))
     assert out[2].item() == 1.0
     torch.testing.assert_close(scatter_sum(out, seg, 3), torch.ones(3))
+    half = segment_softmax(scores.bfloat16(), seg, 3)
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+    rounded = segment_softmax(scores.bfloat16().float(), seg, 3)  # bf16 cannot tell 1000 from 1001
+    torch.testing.assert_close(half.float(), rounded, atol=1e-2, rtol=1e-2)
