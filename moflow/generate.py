@@ -57,10 +57,13 @@ def decode_smiles(atom_codes, bond_codes, atomic_nums) -> Tuple[List[Optional[st
 
 
 def sample_smiles(model: MoFlow, n: int, temperature: float, atomic_nums, batch_size: int = 1000,
-                  precision: Optional[Precision] = None, generator: Optional[torch.Generator] = None):
+                  precision: Optional[Precision] = None, generator: Optional[torch.Generator] = None,
+                  reverse=None):
+    """Sample ``n`` molecules in batches; returns (raw SMILES, corrected SMILES) lists."""
     raw, corrected = [], []
     for start in range(0, n, batch_size):
-        atoms, bonds = sample_graphs(model, min(batch_size, n - start), temperature, precision, generator)
+        atoms, bonds = sample_graphs(model, min(batch_size, n - start), temperature, precision, generator,
+                                     reverse)
         r, c = decode_smiles(atoms, bonds, atomic_nums)
         raw += r
         corrected += c
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
         raise ValueError(f"--num_samples must be positive, got {args.num_samples}")
     generator = torch.Generator(device=env.device).manual_seed(args.seed)
     raw, corrected = sample_smiles(model, args.num_samples, args.temperature, extra["atomic_nums"],
-                                   args.batch_size, precision, generator)
+                                   args.batch_size, precision, generator,
+                                   reverse=maybe_compile(model.reverse, args.compile))
     chosen = raw if args.no_correct_validity else corrected
     written = [s for s in chosen if s]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
