@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("MoFlow training")
     t.add_argument("--beta1", type=float, default=0.9)
     t.add_argument("--beta2", type=float, default=0.99)
-    t.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    t.add_argument("--max_steps", type=int, default=None, help="stop after this many training batches")
     t.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this wall time")
     t.add_argument("--val_samples", type=int, default=100, help="molecules sampled at each evaluation")
     t.add_argument("--temperature", type=float, default=0.6, help="sampling temperature for evaluation")
@@ -165,6 +165,7 @@ def train(args: argparse.Namespace) -> MoFlow:
 
     graphed = False
     stop = False
+    batches_seen = 0  # optimizer steps happen every --accumulate_grad_batches batches
     model.train()
     while (epoch < args.epochs or args.benchmark) and not stop:
         if sampler is not None:
@@ -184,9 +185,12 @@ def train(args: argparse.Namespace) -> MoFlow:
             if (device.type == "cpu" or (step + 1) % args.log_every == 0) and not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}); "
                                          "lower --learning_rate or check the data")
-            precision.backward(loss)
-            precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
-            optimizer.zero_grad(set_to_none=True)
+            accumulate = args.accumulate_grad_batches
+            precision.backward(loss / accumulate if accumulate > 1 else loss)
+            batches_seen += 1
+            if batches_seen % accumulate == 0:
+                precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
+                optimizer.zero_grad(set_to_none=True)
             meter.stop(len(x) * world)
             step += 1
             if step % args.log_every == 0:

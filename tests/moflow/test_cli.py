@@ -104,3 +104,11 @@ def test_interpolation_endpoints_are_the_inputs(data_dir, tmp_path):
     path = interpolate(model, "CCOc1ccccc1", "CC(=O)NCC#N", 5, atomic_nums)
     assert len(path) == 5
     assert path[0] == "CCOc1ccccc1" and path[-1] == "CC(=O)NCC#N"
+
+
+def test_gradient_accumulation_steps_optimizer_every_k_batches(data_dir, tmp_path):
+    _train(data_dir, tmp_path, "--epochs", "2", "--accumulate_grad_batches", "2", "--val_samples", "0")
+    ckpt = read_checkpoint(str(tmp_path / "moflow.pt"))
+    assert ckpt["step"] == 4  # batches
+    adam_steps = {float(s["step"]) for s in ckpt["optimizer"]["state"].values()}
+    assert adam_steps == {2.0}  # one optimizer step per two batches
