@@ -112,3 +112,25 @@ def test_gradient_accumulation_steps_optimizer_every_k_batches(data_dir, tmp_pat
     assert ckpt["step"] == 4  # batches
     adam_steps = {float(s["step"]) for s in ckpt["optimizer"]["state"].values()}
     assert adam_steps == {2.0}  # one optimizer step per two batches
+
+
+def test_qed_optimisation_cli(data_dir, tmp_path):
+    from moflow import optimize
+
+    _train(data_dir, tmp_path, "--epochs", "1", "--val_samples", "0")
+    # gradient ascent really ascends the regressor
+    z = torch.randn(64, 5)
+    reg = optimize.fit_property_model(z, z[:, 0] - z[:, 1], epochs=300, lr=1e-2)
+    path = optimize.ascend(reg, torch.zeros(5), steps=5, step_size=0.5)
+    with torch.no_grad():
+        pred = reg(path)
+    assert (pred[1:] > pred[:-1]).all()
+    out = tmp_path / "qed.tsv"
+    optimize.main(["--load_ckpt_path", str(tmp_path / "moflow.pt"), "--num_train", "40", "--fit_epochs", "5",
+                   "--num_start", "2", "--steps", "2", "--output", str(out)])
+    rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    assert len(rows) == 2
+    for start, start_qed, best, best_qed, sim in rows:
+        assert abs(optimize.qed(best) - float(best_qed)) < 1e-3
+        assert float(best_qed) >= float(start_qed) - 1e-3  # the start itself is on the path
+        assert 0.0 <= float(sim) <= 1.0
