@@ -159,10 +159,6 @@ def train(args: argparse.Namespace) -> MoFlow:
         max_steps = step + args.benchmark_warmup + args.benchmark_steps
     start_time = time.time()
 
-    def autocast(cache_enabled: bool):
-        return torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled,
-                              cache_enabled=cache_enabled)
-
     graphed = False
     stop = False
     batches_seen = 0  # optimizer steps happen every --accumulate_grad_batches batches
@@ -175,11 +171,11 @@ def train(args: argparse.Namespace) -> MoFlow:
             x, adj = x.to(device, non_blocking=True), adj.to(device, non_blocking=True)
             if args.cuda_graphs and not graphed and step >= args.cuda_graph_warmup and len(x) == args.batch_size:
                 barrier()
-                with autocast(cache_enabled=False):
+                with precision.autocast(cache_enabled=False):
                     graph_flows_for_cuda(model, adj, x)
                 graphed = True
             meter.start()
-            with autocast(cache_enabled=not graphed):  # graphed callables need the autocast cache off
+            with precision.autocast(cache_enabled=not graphed):  # graphed callables need the autocast cache off
                 loss, nll_x, nll_adj = objective(adj, x)
             # checking every step would synchronise CUDA each step; there, check at logging steps
             if (device.type == "cpu" or (step + 1) % args.log_every == 0) and not torch.isfinite(loss):

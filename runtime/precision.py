@@ -40,10 +40,12 @@ class Precision:
     def __repr__(self) -> str:
         return f"Precision(enabled={self.enabled}, device={self.device.type}, dtype={self.dtype}, scaler={self.scaler is not None})"
 
-    def autocast(self):
+    def autocast(self, cache_enabled: bool = True):
+        """Autocast context (a no-op without AMP). ``cache_enabled=False`` is what
+        ``torch.cuda.make_graphed_callables`` needs when graphed callables run under autocast."""
         if not self.enabled:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, cache_enabled=cache_enabled)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
