@@ -11,7 +11,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import zipfile
 from typing import Any, Dict, Optional
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from runtime.distributed import get_rank, is_main_process, unwrap
+from runtime.io import atomic_write
 
 FORMAT = "molrecipes-checkpoint-v1"
 
@@ -45,19 +45,8 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """torch.save to a temp file next to ``path``, fsync, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def _numbered(path: str, step: int) -> str:

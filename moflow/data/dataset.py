@@ -8,6 +8,7 @@ import torch
 
 from moflow.config import NUM_BOND_CHANNELS, DatasetSpec
 from moflow.data.encoding import one_hot_atoms, one_hot_bonds
+from runtime.io import atomic_write
 
 CACHE_FILE = "{}_kekulized.npz"
 SPLIT_FILE = "{}_split.json"
@@ -23,18 +24,16 @@ def save_cache(data_dir: str, name: str, spec: DatasetSpec, smiles: List[str], a
     """Write the compressed cache and a seeded train/valid split; returns both paths."""
     os.makedirs(data_dir, exist_ok=True)
     npz_path, split_path = cache_paths(data_dir, name)
-    tmp = npz_path + ".tmp.npz"
-    np.savez_compressed(tmp, atoms=atoms, bonds=bonds, smiles=np.asarray(smiles),
-                        atomic_nums=np.asarray(spec.atomic_nums, dtype=np.int64),
-                        max_atoms=np.int64(spec.max_atoms), dataset=np.asarray(spec.name))
-    os.replace(tmp, npz_path)
+    with atomic_write(npz_path) as f:
+        np.savez_compressed(f, atoms=atoms, bonds=bonds, smiles=np.asarray(smiles),
+                            atomic_nums=np.asarray(spec.atomic_nums, dtype=np.int64),
+                            max_atoms=np.int64(spec.max_atoms), dataset=np.asarray(spec.name))
     perm = np.random.default_rng(seed).permutation(len(smiles))
     n_valid = int(round(valid_fraction * len(smiles)))
     split = {"seed": seed, "valid": sorted(perm[:n_valid].tolist()),
              "train": sorted(perm[n_valid:].tolist())}
-    with open(split_path + ".tmp", "w") as f:
+    with atomic_write(split_path, "w", encoding="utf-8") as f:
         json.dump(split, f)
-    os.replace(split_path + ".tmp", split_path)
     return npz_path, split_path
 
 

@@ -11,17 +11,15 @@ One file holds all molecules concatenated (the layout of ``dgl.data.QM9EdgeDatas
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from runtime.io import atomic_write, download
 
 DGL_QM9_URL = "https://data.dgl.ai/dataset/qm9_edge.npz"
 QM9_TARGETS = ["mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv",
@@ -112,49 +110,19 @@ def write_qm9_edge(path: str | os.PathLike, arrays: QM9Arrays) -> None:
                    dst=arrays.dst.astype(np.uint8), targets=arrays.targets.astype(np.float32))
     if arrays.qm9_index is not None:
         payload["qm9_index"] = arrays.qm9_index.astype(np.int32)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, **payload)
 
 
 def download_qm9_edge(data_dir: str | os.PathLike, url: str = DGL_QM9_URL, sha256: Optional[str] = None,
                       timeout: float = 60.0) -> Path:
     """Download ``qm9_edge.npz`` into ``data_dir`` (skipped if already there) and validate it.
 
-    The file is streamed to a temporary name, checked (SHA-256 when ``sha256`` is given, and always
-    that it parses as a qm9_edge.npz), then renamed into place, so a failed download leaves nothing.
+    The download (resumable) is checked (SHA-256 when ``sha256`` is given, and always that it parses
+    as a qm9_edge.npz) before it is renamed into place, so a failed download leaves nothing.
     DGL publishes no checksum for this file; pass ``sha256`` to pin a known copy.
     """
     dest = Path(data_dir) / "qm9_edge.npz"
-    if dest.is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".download")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out, length=1 << 20)
-        if sha256 is not None and sha256_of(tmp) != sha256.lower():
-            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {sha256_of(tmp)}")
-        read_qm9_edge(Path(tmp))  # raises ValueError naming the problem if the payload is not a QM9 file
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # read_qm9_edge raises ValueError naming the problem if the payload is not a QM9 file
+    download(url, dest, sha256=sha256, validate=lambda part: read_qm9_edge(Path(part)), timeout=timeout)
     return dest

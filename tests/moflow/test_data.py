@@ -11,7 +11,7 @@ import pytest
 from moflow import preprocess
 from moflow.config import DATASETS, NO_BOND
 from moflow.data.dataset import MoleculeCache
-from moflow.data.download import download
+from runtime.io import download
 from moflow.data.encoding import encode_many, encode_smiles
 from moflow.data.sources import SAMPLE_PATH, read_smiles_csv
 

@@ -114,7 +114,7 @@ def test_download_from_local_http_server(local_server, tmp_path):
     root, base = local_server
     write_qm9_edge(root / "qm9_edge.npz", load_qm9("sample", num_molecules=30))
     (root / "junk.npz").write_bytes(b"not a zip file")
-    from se3_transformer.data.dgl_format import sha256_of
+    from runtime.io import sha256_of
     digest = sha256_of(root / "qm9_edge.npz")
 
     with pytest.raises(ValueError, match="checksum mismatch"):

@@ -1,0 +1,107 @@
+"""File helpers shared by the recipes: atomic writes, SHA-256, resumable HTTP downloads."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Callable, Iterator, Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb", encoding: Optional[str] = None) -> Iterator:
+    """Open a temp file beside ``path``; on success flush, fsync and rename it over ``path``.
+
+    On any exception the temp file is removed and ``path`` keeps its previous content.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: PathLike, sha256: Optional[str] = None, validate: Optional[Callable[[str], None]] = None,
+             chunk: int = 1 << 16, timeout: float = 60.0, verbose: bool = True) -> str:
+    """Download ``url`` to ``dest``, resuming a partial ``dest + '.part'`` with an HTTP Range request.
+
+    An existing ``dest`` whose checksum matches (or any existing ``dest`` when no checksum is given)
+    is kept. The finished ``.part`` file is checked against ``sha256`` and passed to ``validate``
+    (which raises on bad content) before it is renamed to ``dest``; a failed check deletes it, so a
+    bad download never appears under ``dest``. Returns ``dest``.
+    """
+    dest = os.fspath(dest)
+    if os.path.exists(dest):
+        if sha256 is None or sha256_of(dest) == sha256.lower():
+            return dest
+        os.remove(dest)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    part = dest + ".part"
+    offset = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "molrecipes"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # the partial file is already complete
+            response = None
+        else:
+            raise RuntimeError(f"download of {url} failed: HTTP {err.code} {err.reason}") from err
+    except urllib.error.URLError as err:
+        raise RuntimeError(f"download of {url} failed: {err.reason}") from err
+    if response is not None:
+        with response:
+            resumed = bool(offset) and response.status == 206
+            if offset and not resumed:
+                offset = 0  # the server ignored Range: start over
+            with open(part, "ab" if resumed else "wb") as f:
+                try:
+                    shutil.copyfileobj(response, f, chunk)
+                except (OSError, http.client.HTTPException) as err:
+                    raise RuntimeError(f"download of {url} interrupted after "
+                                       f"{f.tell()} bytes ({err!r}); run again to resume") from err
+                length = response.headers.get("Content-Length")
+                expected = (offset if resumed else 0) + int(length) if length else None
+                if expected is not None and f.tell() < expected:
+                    raise RuntimeError(f"download of {url} interrupted at {f.tell()} of {expected} "
+                                       "bytes; run again to resume")
+        if verbose and offset:
+            print(f"resumed {url} at byte {offset}")
+    digest = sha256_of(part)
+    try:
+        if sha256 is not None and digest != sha256.lower():
+            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}")
+        if validate is not None:
+            validate(part)
+    except BaseException:
+        os.remove(part)
+        raise
+    os.replace(part, dest)
+    if verbose:
+        print(f"downloaded {url} -> {dest} (sha256 {digest})")
+    return dest
