@@ -134,3 +134,16 @@ def test_qed_optimisation_cli(data_dir, tmp_path):
         assert abs(optimize.qed(best) - float(best_qed)) < 1e-3
         assert float(best_qed) >= float(start_qed) - 1e-3  # the start itself is on the path
         assert 0.0 <= float(sim) <= 1.0
+
+
+@pytest.mark.cuda
+def test_cuda_streams_graphs_and_fp16_train(data_dir, tmp_path):
+    """The GPU-only path: two streams, channels-last Glow, fp16 + GradScaler, CUDA graph capture."""
+    run = tmp_path / "cuda"
+    model = _train(data_dir, run, "--epochs", "2", "--amp", "--cuda_graphs", "--cuda_graph_warmup", "2",
+                   "--val_samples", "8")
+    assert next(model.parameters()).is_cuda
+    records = [json.loads(line[5:]) for line in open(run / "log.json") if line.startswith("DLLL ")]
+    losses = [r["data"]["loss"] for r in records if r["type"] == "LOG" and "loss" in r.get("data", {})]
+    assert losses and all(isinstance(v, float) and v == v for v in losses)
+    assert read_checkpoint(str(run / "moflow.pt"))["precision"].get("scaler")
