@@ -1,5 +1,8 @@
 """Shared pytest setup: tests run on CPU with few threads; CUDA-only tests skip with a reason."""
+import functools
+import http.server
 import os
+import threading
 
 import pytest
 import torch
@@ -16,3 +19,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def local_server(tmp_path):
+    """A static-file HTTP server on 127.0.0.1 serving ``tmp_path/www``; yields (root, base_url)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -1,8 +1,5 @@
 """Atomic writes and the download's content validation (resume and checksums: tests/moflow/test_data.py)."""
-import functools
-import http.server
 import os
-import threading
 
 import pytest
 
@@ -22,21 +19,8 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
     assert os.listdir(tmp_path / "sub") == ["file.txt"]
 
 
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_download_validates_before_publishing(server, tmp_path):
-    root, base = server
+def test_download_validates_before_publishing(local_server, tmp_path):
+    root, base = local_server
     (root / "good.txt").write_text("OK payload")
     (root / "bad.txt").write_text("garbage")
 

@@ -1,8 +1,4 @@
 """QM9 data: RDKit bonds, qm9pack parsing, qm9_edge.npz round trip and download, split, batching."""
-import functools
-import http.server
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -94,20 +90,6 @@ def test_npz_round_trip_and_malformed_files(tmp_path):
         read_qm9_edge(tmp_path / "trunc.npz")
     with pytest.raises(FileNotFoundError):
         read_qm9_edge(tmp_path / "absent.npz")
-
-
-@pytest.fixture
-def local_server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_download_from_local_http_server(local_server, tmp_path):
