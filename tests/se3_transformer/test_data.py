@@ -1,4 +1,5 @@
 """QM9 data: RDKit bonds, qm9pack parsing, qm9_edge.npz round trip and download, split, batching."""
+
 import numpy as np
 import pytest
 import torch
