@@ -25,19 +25,27 @@ def even_split(n: int, parts: int) -> List[int]:
     return [n // parts + (1 if r < n % parts else 0) for r in range(parts)]
 
 
+def _edges_into(tgt: Tensor, num_atoms: int, atoms: Tensor, edges: Tensor):
+    """Pair each of ``edges`` with every edge whose target is that edge's atom in ``atoms``.
+
+    Needs edges sorted by target. Returns ``(incoming, owner)``: global edge indices, grouped by
+    ``owner`` in the order of ``edges``.
+    """
+    counts = torch.bincount(tgt, minlength=num_atoms)
+    ptr = torch.cumsum(counts, 0) - counts
+    n_in = counts[atoms]
+    owner = torch.repeat_interleave(edges, n_in)
+    within = torch.arange(int(n_in.sum())) - torch.repeat_interleave(torch.cumsum(n_in, 0) - n_in, n_in)
+    return torch.repeat_interleave(ptr[atoms], n_in) + within, owner
+
+
 def incoming_triplets(edge_index: Tensor, cell_offsets: Tensor, num_atoms: int, edges: Tensor):
     """Triplets (k->j, j->i) for the given edges j->i, excluding the reverse edge i->j of the same image.
 
     Returns ``(id_kj, id_ji)`` as global edge indices, grouped by ``id_ji`` in the order of ``edges``.
     """
     src, tgt = edge_index
-    counts = torch.bincount(tgt, minlength=num_atoms)
-    ptr = torch.cumsum(counts, 0) - counts
-    j = src[edges]
-    n_in = counts[j]
-    id_ji = torch.repeat_interleave(edges, n_in)
-    within = torch.arange(int(n_in.sum())) - torch.repeat_interleave(torch.cumsum(n_in, 0) - n_in, n_in)
-    id_kj = torch.repeat_interleave(ptr[j], n_in) + within
+    id_kj, id_ji = _edges_into(tgt, num_atoms, src[edges], edges)
     reverse = (src[id_kj] == tgt[id_ji]) & (cell_offsets[id_kj] == -cell_offsets[id_ji]).all(-1)
     return id_kj[~reverse], id_ji[~reverse]
 
@@ -49,13 +57,7 @@ def shared_target_triplets(edge_index: Tensor, num_atoms: int, edges: Tensor):
     ``edges``, and each triplet's position among those of its ``id_ca`` (for padded layouts).
     """
     tgt = edge_index[1]
-    counts = torch.bincount(tgt, minlength=num_atoms)
-    ptr = torch.cumsum(counts, 0) - counts
-    a = tgt[edges]
-    n_in = counts[a]
-    id_ca = torch.repeat_interleave(edges, n_in)
-    within = torch.arange(int(n_in.sum())) - torch.repeat_interleave(torch.cumsum(n_in, 0) - n_in, n_in)
-    id_ba = torch.repeat_interleave(ptr[a], n_in) + within
+    id_ba, id_ca = _edges_into(tgt, num_atoms, tgt[edges], edges)
     keep = id_ba != id_ca
     id_ba, id_ca = id_ba[keep], id_ca[keep]
     per_edge = torch.bincount(id_ca - edges.min(), minlength=len(edges)) if len(edges) else torch.zeros(0, dtype=torch.long)
