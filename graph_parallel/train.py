@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -19,7 +18,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, RandomSampler
 
-from runtime.callbacks import PerformanceMeter
+from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.cli import add_common_args
 from runtime.cuda_graphs import require_cuda_graphs
@@ -200,12 +199,6 @@ class Trainer:
             self.ema.load_state_dict(extra["ema"])
         self.norm = Normalizer(**extra["normalizer"]) if extra.get("normalizer") else self.norm
         self.epoch, self.step = info["epoch"] + (1 if resume else 0), info["step"]
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # peak RSS (Linux: KiB)
 
 
 def benchmark(trainer: Trainer, loader, args, logger) -> Dict[str, float]:

@@ -6,6 +6,7 @@ steps (allocator growth, autotuning, compilation) are excluded.
 """
 from __future__ import annotations
 
+import resource
 import time
 from typing import Dict, List, Optional
 
@@ -19,6 +20,14 @@ def synchronize(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory: CUDA allocator peak on GPU; the process's peak resident set size on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
 class PerformanceMeter:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import resource
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.distributed import all_reduce_sum, make_sampler
 from se3_transformer.data import EDGE_FEATURE_DIM, NODE_FEATURE_DIM, QM9GraphDataset
 from se3_transformer.model import FuseLevel, SE3TransformerPooled
@@ -130,8 +130,11 @@ def evaluate(model, loader: DataLoader, scaler: TargetScaler, precision, device,
     return result
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory: CUDA allocator peak on GPU; the process's peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+def log_benchmark(meter: PerformanceMeter, logger, prefix: str, device: torch.device) -> dict:
+    """Log the meter's summary plus throughput in molecules/ms and peak memory; returns the stats."""
+    stats = meter.log(logger, prefix=prefix)
+    stats = {**stats, "throughput_mol_per_ms": stats.get("throughput", 0.0) / 1000,
+             "peak_memory_mb": peak_memory_mb(device)}
+    logger.log((), {f"{prefix}_throughput_mol_per_ms": stats["throughput_mol_per_ms"],
+                    "peak_memory_mb": stats["peak_memory_mb"]})
+    return stats

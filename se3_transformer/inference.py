@@ -24,8 +24,8 @@ from runtime.distributed import get_rank, init_distributed, is_main_process, shu
 from runtime.logging import setup_logger
 from runtime.precision import Precision, set_tf32
 from se3_transformer.data import QM9GraphDataset, load_qm9, precompute_bases, split_indices
-from se3_transformer.engine import FUSE_LEVELS, TargetScaler, add_data_args, build_model, evaluate, make_loader, \
-    peak_memory_mb
+from se3_transformer.engine import FUSE_LEVELS, TargetScaler, add_data_args, build_model, evaluate, log_benchmark, \
+    make_loader
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,11 +89,7 @@ def main(argv: Optional[list] = None) -> dict:
                     done += 1
                     if done >= total:
                         break
-        stats = meter.log(logger, prefix="inference")
-        stats = {**stats, "throughput_mol_per_ms": stats.get("throughput", 0.0) / 1000,
-                 "peak_memory_mb": peak_memory_mb(device)}
-        logger.log((), {"inference_throughput_mol_per_ms": stats["throughput_mol_per_ms"],
-                        "peak_memory_mb": stats["peak_memory_mb"]})
+        stats = log_benchmark(meter, logger, "inference", device)
         logger.close()
         shutdown()
         return stats

@@ -28,7 +28,7 @@ from runtime.progress import progress
 from runtime.seed import seed_everything
 from se3_transformer.data import QM9_UNITS, QM9GraphDataset, load_qm9, precompute_bases, split_indices
 from se3_transformer.engine import TargetScaler, add_data_args, add_model_args, build_model, evaluate, \
-    make_loader, model_config, peak_memory_mb
+    log_benchmark, make_loader, model_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,11 +96,7 @@ def run_benchmark(args, model, loader, scaler, precision, optimizer, device, log
             done += 1
             if done >= total:
                 break
-    stats = meter.log(logger, prefix="train")
-    stats = {**stats, "throughput_mol_per_ms": stats.get("throughput", 0.0) / 1000,
-             "peak_memory_mb": peak_memory_mb(device)}
-    logger.log((), {"train_throughput_mol_per_ms": stats["throughput_mol_per_ms"],
-                    "peak_memory_mb": stats["peak_memory_mb"]})
+    stats = log_benchmark(meter, logger, "train", device)
     return stats
 
 

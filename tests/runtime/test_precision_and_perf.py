@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime.callbacks import PerformanceMeter
+from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.compile import maybe_compile
 from runtime.cuda_graphs import capture_step, require_cuda_graphs
 from runtime.logging import read_dllogger, setup_logger
@@ -105,3 +105,12 @@ def test_performance_meter_excludes_warmup_and_logs(tmp_path):
     assert summary["step"] == [] and summary["data"]["inference_steps"] == 4
     with pytest.raises(RuntimeError, match="without start"):
         PerformanceMeter().stop(1)
+
+
+def test_peak_memory_reports_process_peak_on_cpu():
+    block = bytearray(64 * 2 ** 20)  # touched: the peak resident set includes these 64 MiB
+    with open("/proc/self/status") as f:
+        hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    assert peak_memory_mb("cpu") == pytest.approx(hwm_kib / 1024, rel=0.05)
+    assert peak_memory_mb("cpu") > 64
+    del block
