@@ -6,6 +6,7 @@ import torch
 
 from moflow import evaluate, generate, preprocess, train
 from runtime.checkpoint import CheckpointError, read_checkpoint
+from runtime.logging import read_dllogger
 
 TINY = ["--b_n_flow", "2", "--b_hidden_ch", "16", "--b_n_squeeze", "6", "--b_conv_lu", "1",
         "--a_n_flow", "4", "--a_hidden_gnn", "8", "--a_hidden_lin", "8", "--batch_size", "16",
@@ -39,7 +40,7 @@ def test_train_resume_generate_evaluate(data_dir, tmp_path):
     ckpt = read_checkpoint(str(run / "moflow.pt"))
     assert ckpt["epoch"] == 2 and ckpt["step"] == 4
     assert model.ln_var.item() != 0.0  # the prior variance is learned
-    records = [json.loads(line[5:]) for line in open(run / "log.json") if line.startswith("DLLL ")]
+    records = read_dllogger(str(run / "log.json"))
     losses = [r["data"]["loss"] for r in records if r["type"] == "LOG" and "loss" in r.get("data", {})]
     assert len(losses) == 4 and all(map(lambda v: v == v, losses))
 
@@ -90,7 +91,7 @@ def test_benchmark_mode_reports_throughput(data_dir, tmp_path, capsys):
     # 2 steps per epoch: the benchmark runs on across epochs until warm-up + timed steps are done
     _train(data_dir, tmp_path, "--epochs", "1", "--benchmark", "--benchmark_warmup", "2",
            "--benchmark_steps", "3", "--val_samples", "0", "--save_ckpt_path", "")
-    records = [json.loads(line[5:]) for line in open(tmp_path / "log.json") if line.startswith("DLLL ")]
+    records = read_dllogger(str(tmp_path / "log.json"))
     summary = [r["data"] for r in records if r["type"] == "LOG" and "train_throughput" in r["data"]]
     assert summary and summary[0]["train_throughput"] > 0 and summary[0]["train_steps"] == 3
     assert not (tmp_path / "moflow.pt").exists()
@@ -143,7 +144,7 @@ def test_cuda_streams_graphs_and_fp16_train(data_dir, tmp_path):
     model = _train(data_dir, run, "--epochs", "2", "--amp", "--cuda_graphs", "--cuda_graph_warmup", "2",
                    "--val_samples", "8")
     assert next(model.parameters()).is_cuda
-    records = [json.loads(line[5:]) for line in open(run / "log.json") if line.startswith("DLLL ")]
+    records = read_dllogger(str(run / "log.json"))
     losses = [r["data"]["loss"] for r in records if r["type"] == "LOG" and "loss" in r.get("data", {})]
     assert losses and all(isinstance(v, float) and v == v for v in losses)
     assert read_checkpoint(str(run / "moflow.pt"))["precision"].get("scaler")
