@@ -191,7 +191,7 @@ class Trainer:
 
     def load(self, path: str, resume: bool) -> None:
         states = (self.optimizer, self.scheduler, self.precision) if resume else (None, None, None)
-        info = load_checkpoint(path, self.model, *states)
+        info = load_checkpoint(path, self.model, *states, restore_rng=resume)
         extra = info["extra"]
         if extra.get("model_name") not in (None, self.args.model):
             raise ValueError(f"checkpoint {path} holds a {extra['model_name']} model, not {self.args.model}")

@@ -138,7 +138,8 @@ def train(args: argparse.Namespace) -> MoFlow:
     precision = Precision(args.amp, device, args.amp_dtype)
     epoch, step = 0, 0
     if resume is not None:
-        state = load_checkpoint(args.load_ckpt_path, model, optimizer, precision=precision, map_location=device)
+        state = load_checkpoint(args.load_ckpt_path, model, optimizer, precision=precision, map_location=device,
+                                restore_rng=True)
         epoch, step = state["epoch"], state["step"]
     else:
         x0, adj0 = next(iter(loader))

@@ -1,8 +1,23 @@
-"""Atomic, resumable checkpoints.
+"""Atomic, safe, resumable checkpoints.
 
-A checkpoint is written to a temporary file in the target directory, flushed to disk and renamed
-over the target, so a crash never leaves a half-written file under the checkpoint's name. It holds
-the model, optimizer, scheduler and loss-scaler states, the RNG states, epoch and step.
+Writing: the state goes to a temporary file beside the target, is fsynced and renamed over it
+(:func:`runtime.io.atomic_write`), so a crash or a SIGKILL at any moment leaves the previous
+checkpoint intact; the next successful save removes temporary files that a killed save left.
+
+Reading: files are loaded with ``torch.load(weights_only=True)``. A checkpoint holds only tensors
+and plain data (dicts, lists, tuples, strings, numbers), so nothing in it can run code; a file that
+carries any other pickled object is refused with :class:`CheckpointError` before anything of it runs.
+
+Layout (``molrecipes-checkpoint-v2``)::
+
+    format     "molrecipes-checkpoint-v2"
+    meta       what the checkpoint is: {"recipe", "model", "config", "dataset", "task", ...};
+               compared on load against what the run expects (``expect=``)
+    model      state_dict
+    optimizer, scheduler, precision   state_dicts (or None)
+    position   {"epoch", "batch", "step"}: epoch, batches of that epoch consumed, optimizer steps
+    extra      the recipe's own plain data (normalisers, EMA weights, scale factors, ...)
+    rng        rank 0's RNG states (the training loop reseeds per step, so resuming does not need them)
 """
 from __future__ import annotations
 
@@ -11,36 +26,56 @@ import os
 import pickle
 import random
 import re
+import shutil
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from runtime.distributed import get_rank, is_main_process, unwrap
-from runtime.io import atomic_write
+from runtime.distributed import is_main_process, unwrap
+from runtime.errors import CheckpointError, MissingFileError
+from runtime.io import atomic_write, fault_point
 
-FORMAT = "molrecipes-checkpoint-v1"
+FORMAT = "molrecipes-checkpoint-v2"
+_OLD_FORMATS = ("molrecipes-checkpoint-v1",)
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: corrupt, truncated, or not matching the model."""
+__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "read_checkpoint", "load_checkpoint",
+           "check_meta", "atomic_torch_save"]
 
 
 def _rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as plain data: Python's tuple, NumPy's as a dict of lists, torch's as uint8 tensors."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device only: nodes differ in GPU count
     return state
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = np.asarray(numpy_state["keys"].numpy() if torch.is_tensor(numpy_state["keys"]) else numpy_state["keys"],
+                          dtype=np.uint32)
+        numpy_state = (numpy_state["kind"], keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):  # v1 files saved every device's state
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -55,37 +90,41 @@ def _numbered(path: str, step: int) -> str:
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                    scheduler: Any = None, precision: Any = None, epoch: int = 0, step: int = 0,
-                    extra: Optional[Dict[str, Any]] = None, keep_last: Optional[int] = None) -> Optional[str]:
+                    scheduler: Any = None, precision: Any = None, *, meta: Optional[Dict[str, Any]] = None,
+                    epoch: int = 0, step: int = 0, batch: int = 0, extra: Optional[Dict[str, Any]] = None,
+                    keep_last: Optional[int] = None) -> Optional[str]:
     """Write a resumable checkpoint to ``path`` (rank 0 only; other ranks return None).
 
-    With ``keep_last=N`` a numbered copy ``<stem>_step<step><ext>`` is kept beside ``path`` and only
-    the newest N numbered copies survive; ``path`` always holds the latest.
+    ``epoch``/``batch``/``step`` are the position to resume from: ``batch`` batches of ``epoch`` are
+    done (0 at an epoch boundary) and ``step`` optimizer steps were taken. With ``keep_last=N`` a
+    numbered copy ``<stem>_step<step><ext>`` is kept beside ``path`` and only the newest N survive.
     """
     if not is_main_process():
         return None
     state = {
         "format": FORMAT,
+        "meta": dict(meta or {}),
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "precision": precision.state_dict() if precision is not None else None,
-        "epoch": int(epoch),
-        "step": int(step),
+        "position": {"epoch": int(epoch), "batch": int(batch), "step": int(step)},
         "rng": _rng_state(),
         "extra": extra or {},
     }
     atomic_torch_save(state, path)
+    fault_point("checkpoint:saved")
     if keep_last:
         numbered = _numbered(path, step)
         tmp = numbered + ".tmp"
+        stem, ext = os.path.splitext(path)
+        for stale in glob.glob(f"{glob.escape(stem)}_step*.tmp"):  # left by a save that was killed
+            os.remove(stale)
         try:
             os.link(path, tmp)
         except OSError:
-            import shutil
             shutil.copyfile(path, tmp)
         os.replace(tmp, numbered)
-        stem, ext = os.path.splitext(path)
         pattern = re.compile(re.escape(os.path.basename(stem)) + r"_step\d{9}" + re.escape(ext or ".pt") + "$")
         copies = sorted(p for p in glob.glob(f"{glob.escape(stem)}_step*") if pattern.match(os.path.basename(p)))
         for old in copies[:-keep_last]:
@@ -93,31 +132,74 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
     return path
 
 
+def _numpy_globals():
+    """What v1 checkpoints (NumPy RNG arrays) need beyond plain data; no code runs when these load."""
+    core = getattr(np, "_core", None) or np.core
+    names = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    names += [getattr(np.dtypes, n) for n in ("UInt32DType", "Int64DType", "Float64DType") if hasattr(np, "dtypes")]
+    return names
+
+
 def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load and validate a checkpoint file without applying it."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    """Load and validate a checkpoint file safely (``weights_only=True``) without applying it."""
+    if not path or not os.path.isfile(path):
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a molrecipes checkpoint (missing format marker {FORMAT!r})")
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a zip checkpoint at all
+            unsafe = []
+        if unsafe:
+            raise CheckpointError(f"checkpoint {path} was refused: it carries pickled objects other than tensors "
+                                  f"and plain data ({', '.join(unsafe[:5])}); nothing of it was run. Only load "
+                                  "checkpoints written by molrecipes") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated, or not a torch file "
+                              f"({' '.join(str(err).split())[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT,) + _OLD_FORMATS:
+        raise CheckpointError(f"{path} is not a molrecipes checkpoint (no format marker {FORMAT!r}); "
+                              "to use foreign weights, convert them first (see each recipe's README)")
+    if state["format"] != FORMAT:  # v1: position at the top level, identity inside extra
+        state["position"] = {"epoch": state.get("epoch", 0), "batch": 0, "step": state.get("step", 0)}
+        state.setdefault("meta", {})
     return state
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_meta(path: str, meta: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose identity differs from ``expect`` on any key ``expect`` names."""
+    differences = [f"{key}: checkpoint has {_describe(meta.get(key))}, this run has {_describe(want)}"
+                   for key, want in expect.items() if meta.get(key) != want]
+    if differences:
+        raise CheckpointError(f"checkpoint {path} does not match this run: " + "; ".join(differences))
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                     scheduler: Any = None, precision: Any = None, map_location: Any = "cpu",
-                    strict: bool = True, restore_rng: bool = True) -> Dict[str, Any]:
-    """Restore states saved by :func:`save_checkpoint`; returns ``{"epoch", "step", "extra"}``.
+                    strict: bool = True, restore_rng: bool = False, expect: Optional[Mapping[str, Any]] = None,
+                    state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Restore states saved by :func:`save_checkpoint`; returns ``{"epoch", "batch", "step", "meta", "extra"}``.
 
-    RNG states are those of rank 0 at save time; they are restored on rank 0 only, other ranks
-    keep their own ``seed + rank`` streams.
+    ``expect`` names identity fields (recipe, model, config, task, dataset, ...) the checkpoint must
+    match. ``state`` is an already read checkpoint (from :func:`read_checkpoint`) to apply.
     """
-    state = read_checkpoint(path, map_location)
+    state = read_checkpoint(path, map_location) if state is None else state
+    if expect:
+        check_meta(path, state.get("meta", {}), expect)
     target = unwrap(model)
     own = target.state_dict()
     saved = state["model"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds no model state_dict")
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in saved.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
     if mismatched:
@@ -136,8 +218,10 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
             raise CheckpointError(f"checkpoint {path} holds no {name} state to resume from")
         try:
             obj.load_state_dict(state[name])
-        except (ValueError, KeyError, RuntimeError) as err:
+        except (ValueError, KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(f"checkpoint {path}: cannot restore the {name} state ({err})") from err
-    if restore_rng and state.get("rng") and get_rank() == 0:
+    if restore_rng and state.get("rng") and is_main_process():
         _set_rng_state(state["rng"])
-    return {"epoch": state["epoch"], "step": state["step"], "extra": state.get("extra", {})}
+    position = state["position"]
+    return {"epoch": int(position["epoch"]), "batch": int(position.get("batch", 0)), "step": int(position["step"]),
+            "meta": state.get("meta", {}), "extra": state.get("extra", {})}

@@ -1,40 +1,122 @@
-"""File helpers shared by the recipes: atomic writes, SHA-256, resumable HTTP downloads."""
+"""File helpers shared by the recipes: atomic writes, writability checks, SHA-256, resumable downloads.
+
+Fault injection for tests: with ``MOLRECIPES_KILL_AT=<point>`` in the environment the process
+SIGKILLs itself when it reaches :func:`fault_point` ``<point>``. Points: ``write:opened`` (temp file
+created, nothing written), ``write:partial`` (after the first 4 KiB of data), ``write:before_fsync``,
+``write:before_rename``, ``write:renamed`` (before stale temp files are cleaned) and
+``checkpoint:saved`` (before the numbered keep-last copy). Nothing happens without the variable.
+"""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import http.client
 import os
 import shutil
+import signal
 import tempfile
 import urllib.error
 import urllib.request
 from typing import Callable, Iterator, Optional, Union
 
+from runtime.errors import ConfigError
+
 PathLike = Union[str, "os.PathLike[str]"]
+KILL_ENV = "MOLRECIPES_KILL_AT"
+
+
+def fault_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when ``MOLRECIPES_KILL_AT`` names this point."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _KillAfterBytes:
+    """File proxy for the ``write:partial`` fault point: dies once ``limit`` bytes were written."""
+
+    def __init__(self, f, limit: int = 4096):
+        self._f, self._left = f, limit
+
+    def write(self, data):
+        n = self._f.write(data)
+        self._left -= len(data)
+        if self._left <= 0:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            fault_point("write:partial")
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _stale_temps(path: str):
+    directory, base = os.path.split(os.path.abspath(path))
+    return glob.glob(os.path.join(glob.escape(directory), glob.escape(base) + ".*.tmp"))
 
 
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb", encoding: Optional[str] = None) -> Iterator:
     """Open a temp file beside ``path``; on success flush, fsync and rename it over ``path``.
 
-    On any exception the temp file is removed and ``path`` keeps its previous content.
+    On any exception the temp file is removed and ``path`` keeps its previous content. A process
+    killed mid-write leaves ``<path>.<random>.tmp`` behind; the next successful write removes it.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fault_point("write:opened")
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
+            yield _KillAfterBytes(f) if os.environ.get(KILL_ENV) == "write:partial" else f
             f.flush()
+            fault_point("write:before_fsync")
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        fault_point("write:before_rename")
         os.replace(tmp, path)
+        _fsync_dir(directory)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fault_point("write:renamed")
+    for stale in _stale_temps(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stale)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def ensure_writable_dir(directory: PathLike, what: str) -> str:
+    """Create ``directory`` if needed and prove a file can be written there; else :class:`ConfigError`.
+
+    Called before training starts, so an unwritable log or checkpoint location fails in seconds,
+    not after hours of training. ``what`` names the flag in the message (e.g. ``--log_dir``).
+    """
+    directory = os.path.abspath(os.fspath(directory) or ".")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=directory)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot write to {directory} ({err.strerror or err})") from None
+    return directory
 
 
 def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:

@@ -147,7 +147,7 @@ def main(argv: Optional[list] = None) -> dict:
     precision = Precision(args.amp, device, args.amp_dtype)
     start_epoch, step = 0, 0
     if args.load_ckpt_path:
-        state = load_checkpoint(args.load_ckpt_path, model, optimizer, scheduler, precision)
+        state = load_checkpoint(args.load_ckpt_path, model, optimizer, scheduler, precision, restore_rng=True)
         start_epoch, step = state["epoch"], state["step"]
         logger.log((), {"resumed from": args.load_ckpt_path, "epoch": start_epoch})
 

@@ -54,10 +54,10 @@ def test_torchrun_gp2_train_resume_evaluate(tmp_path):
     common = SMALL + ["--gp_size", "2", "--log_dir", str(tmp_path), "--save_ckpt_path", str(ckpt)]
     torchrun(common + ["--epochs", "1", "--max_steps", "3"])
     state = torch.load(ckpt, weights_only=False)
-    assert state["step"] == 3 and state["epoch"] == 0 and state["extra"]["ema"] is not None
+    assert state["position"]["step"] == 3 and state["position"]["epoch"] == 0 and state["extra"]["ema"] is not None
     torchrun(common + ["--epochs", "2", "--max_steps", "5", "--load_ckpt_path", str(ckpt)])
     state = torch.load(ckpt, weights_only=False)
-    assert state["step"] == 5 and state["epoch"] == 1
+    assert state["position"]["step"] == 5 and state["position"]["epoch"] == 1
     records = read_dllogger(str(tmp_path / "log.json"))
     epochs = [r["step"] for r in records if r.get("type") == "LOG" and isinstance(r.get("step"), list)
               and len(r["step"]) == 1]

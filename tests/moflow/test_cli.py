@@ -32,13 +32,13 @@ def test_train_resume_generate_evaluate(data_dir, tmp_path):
     run = tmp_path / "run"
     _train(data_dir, run, "--epochs", "1", "--val_samples", "8")
     ckpt = read_checkpoint(str(run / "moflow.pt"))
-    assert ckpt["epoch"] == 1 and ckpt["step"] == 2
+    assert ckpt["position"]["epoch"] == 1 and ckpt["position"]["step"] == 2
     assert ckpt["extra"]["model_config"]["b_hidden_ch"] == [16]
 
     model = _train(data_dir, run, "--epochs", "2", "--load_ckpt_path", str(run / "moflow.pt"),
                    "--val_samples", "8")
     ckpt = read_checkpoint(str(run / "moflow.pt"))
-    assert ckpt["epoch"] == 2 and ckpt["step"] == 4
+    assert ckpt["position"]["epoch"] == 2 and ckpt["position"]["step"] == 4
     assert model.ln_var.item() != 0.0  # the prior variance is learned
     records = read_dllogger(str(run / "log.json"))
     losses = [r["data"]["loss"] for r in records if r["type"] == "LOG" and "loss" in r.get("data", {})]
@@ -110,7 +110,7 @@ def test_interpolation_endpoints_are_the_inputs(data_dir, tmp_path):
 def test_gradient_accumulation_steps_optimizer_every_k_batches(data_dir, tmp_path):
     _train(data_dir, tmp_path, "--epochs", "2", "--accumulate_grad_batches", "2", "--val_samples", "0")
     ckpt = read_checkpoint(str(tmp_path / "moflow.pt"))
-    assert ckpt["step"] == 4  # batches
+    assert ckpt["position"]["step"] == 4  # batches
     adam_steps = {float(s["step"]) for s in ckpt["optimizer"]["state"].values()}
     assert adam_steps == {2.0}  # one optimizer step per two batches
 

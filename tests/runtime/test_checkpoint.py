@@ -39,8 +39,8 @@ def test_resume_gives_same_next_losses_as_uninterrupted(tmp_path):
 
     model2, opt2, sched2, prec2 = _setup()
     torch.manual_seed(1234)  # a different RNG stream that the checkpoint must override
-    meta = load_checkpoint(path, model2, opt2, sched2, prec2)
-    assert meta == {"epoch": 1, "step": 3, "extra": {"best": 0.5}}
+    meta = load_checkpoint(path, model2, opt2, sched2, prec2, restore_rng=True)
+    assert meta == {"epoch": 1, "batch": 0, "step": 3, "meta": {}, "extra": {"best": 0.5}}
     resumed = [_step(model2, opt2, sched2, prec2) for _ in range(3)]
     assert resumed == expected
     assert sched2.get_last_lr() == sched.get_last_lr()
@@ -99,3 +99,87 @@ def test_keep_last_prunes_numbered_copies(tmp_path):
         save_checkpoint(path, model, step=step, keep_last=2)
     assert sorted(os.listdir(tmp_path)) == ["model.pt", "model_step000000003.pt", "model_step000000004.pt"]
     assert load_checkpoint(path, model)["step"] == 4
+
+
+def test_checkpoint_identity_mismatch_names_both_sides(tmp_path):
+    model, *_ = _setup()
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, model, meta={"recipe": "se3_transformer", "task": "homo"})
+    assert load_checkpoint(path, model, expect={"recipe": "se3_transformer", "task": "homo"})["meta"]["task"] == "homo"
+    with pytest.raises(CheckpointError, match=r"task: checkpoint has 'homo', this run has 'lumo'"):
+        load_checkpoint(path, model, expect={"recipe": "se3_transformer", "task": "lumo"})
+    with pytest.raises(CheckpointError, match=r"recipe: checkpoint has 'se3_transformer', this run has 'moflow'"):
+        load_checkpoint(path, model, expect={"recipe": "moflow"})
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (the classic malicious pickle)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    model, *_ = _setup()
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    state = {"format": "molrecipes-checkpoint-v2", "meta": {}, "model": model.state_dict(),
+             "position": {"epoch": 0, "batch": 0, "step": 0}, "extra": {"x": _Payload(marker)}}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="refused: it carries pickled objects.*posix.system|system"):
+        load_checkpoint(str(path), model)
+    assert not marker.exists(), "unpickling ran code"
+
+
+def test_checkpoint_holds_only_plain_data(tmp_path):
+    """Everything a save writes (RNG states included) loads under weights_only=True."""
+    model, opt, sched, prec = _setup()
+    _step(model, opt, sched, prec)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), model, opt, sched, prec, epoch=2, batch=5, step=7, extra={"ema": None},
+                    meta={"recipe": "x"})
+    state = torch.load(path, weights_only=True)
+    assert state["position"] == {"epoch": 2, "batch": 5, "step": 7}
+
+
+_SAVE_SCRIPT = """
+import sys, torch
+from torch import nn
+from runtime.checkpoint import save_checkpoint
+torch.manual_seed(int(sys.argv[2]))
+model = nn.Linear(64, 64)
+save_checkpoint(sys.argv[1], model, step=int(sys.argv[2]), keep_last=2)
+"""
+
+
+@pytest.mark.parametrize("point", ["write:opened", "write:partial", "write:before_fsync", "write:before_rename",
+                                   "write:renamed", "checkpoint:saved"])
+def test_sigkill_during_save_keeps_a_loadable_checkpoint(tmp_path, point):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    path = tmp_path / "ckpt.pt"
+
+    def save(step):  # in this process: the fault hook is off without the environment variable
+        torch.manual_seed(step)
+        save_checkpoint(str(path), nn.Linear(64, 64), step=step, keep_last=2)
+
+    save(1)
+    env = dict(os.environ, PYTHONPATH=str(root), MOLRECIPES_KILL_AT=point)
+    killed = subprocess.run([sys.executable, "-c", _SAVE_SCRIPT, str(path), "2"], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    state = torch.load(path, weights_only=True)        # the file under the checkpoint's name still loads
+    assert state["position"]["step"] in (1, 2)          # old, or new once the rename happened
+    if point.startswith("write:") and point != "write:renamed":
+        assert state["position"]["step"] == 1
+    save(3)
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+    assert leftovers == [], f"stale temporary files survived the next save: {leftovers}"
+    assert torch.load(path, weights_only=True)["position"]["step"] == 3
