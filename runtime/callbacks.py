@@ -1,8 +1,9 @@
-"""Throughput and latency measurement with device synchronization.
+"""Throughput and latency measurement with device synchronization (benchmark mode only).
 
 Each measured step is bracketed by ``start()`` / ``stop(n_items)``; both synchronize the device so
 asynchronous CUDA kernels are counted in the step that launched them. The first ``warmup_steps``
-steps (allocator growth, autotuning, compilation) are excluded.
+steps (allocator growth, autotuning, compilation) are excluded. Normal training never synchronizes
+for metering: the loop reports throughput from wall time between log steps.
 """
 from __future__ import annotations
 
@@ -67,12 +68,10 @@ class PerformanceMeter:
             out[f"latency_p{p}_ms"] = float(np.percentile(lat, p) * 1e3)
         return out
 
-    def log(self, logger, prefix: str = "train", unit: str = "molecules/s") -> Dict[str, float]:
+    def log(self, logger, prefix: str = "train") -> Dict[str, float]:
+        """Log ``{prefix}_throughput``, ``{prefix}_latency_{mean,p50,...}`` (ms) and ``{prefix}_steps``
+        (the vocabulary's names; units come from runtime/vocabulary.py); returns :meth:`summary`."""
         stats = self.summary()
-        data = {f"{prefix}_{k}": v for k, v in stats.items()}
-        logger.log_metadata(f"{prefix}_throughput", {"unit": unit, "format": ":.2f"})
-        for key in data:
-            if key.endswith("_ms"):
-                logger.log_metadata(key, {"unit": "ms", "format": ":.3f"})
+        data = {f"{prefix}_{k[:-3] if k.endswith('_ms') else k}": v for k, v in stats.items()}
         logger.log((), data)
         return stats

@@ -1,16 +1,92 @@
-"""Shared argument groups, so every recipe has the same flag names and ``--help`` lists them."""
+"""Shared command-line vocabulary: one spelling per concept in every recipe (see runtime/vocabulary.py).
+
+- :class:`ArgumentParser` reports bad flags as :class:`~runtime.errors.ConfigError` (one ``error:``
+  line, exit code 2, through :func:`runtime.errors.run_main`) and prints defaults once in ``--help``.
+- Boolean flags accept ``--flag``, ``--flag true`` and ``--flag false`` (NVIDIA's recipes pass
+  ``--amp true``), see :func:`add_bool`.
+- :func:`add_common_args` adds the shared groups; ``kind="train"`` adds the training and optimizer
+  groups, ``kind="eval"`` (evaluate / predict / generate) leaves them out.
+- Flags of NVIDIA's recipes are aliases of the shared ones; our own renamed flags and NVIDIA flags
+  with no matching feature are refused with a message naming the replacement (:func:`add_refused`).
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
+from typing import Any, Optional
 
+from runtime.errors import ConfigError
 from runtime.optim import OPTIMIZERS
+
+TRUE = ("1", "true", "yes", "y", "on", "t")
+FALSE = ("0", "false", "no", "n", "off", "f")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` once, and not at all for None/False defaults or help that names its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with errors raised as ConfigError and the shared help formatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # argparse calls this for every parse error
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
+def str2bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_bool(group, *flags: str, default: bool = False, help: str = "", dest: Optional[str] = None) -> None:
+    """A boolean flag: ``--flag`` (true), ``--flag true|false``."""
+    kwargs = dict(type=str2bool, nargs="?", const=True, default=default, metavar="BOOL",
+                  help=f"{help} (default: {str(default).lower()})")
+    if dest:
+        kwargs["dest"] = dest
+    group.add_argument(*flags, **kwargs)
+
+
+class _Refuse(argparse.Action):
+    def __init__(self, option_strings, dest, reason: str = "", **kwargs):
+        self.reason = reason
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise ConfigError(f"{option_string} is not supported: {self.reason}")
+
+
+def add_refused(parser: argparse.ArgumentParser, flag: str, reason: str) -> None:
+    """A hidden flag that fails with ``reason`` (which names the replacement, if any)."""
+    parser.add_argument(flag, action=_Refuse, reason=reason)
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
     return value
 
 
@@ -21,63 +97,153 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 DEFAULTS = dict(batch_size=32, epochs=10, learning_rate=1e-3, weight_decay=0.0, optimizer="adam", seed=0,
-                num_workers=0, gradient_clip=None, accumulate_grad_batches=1, eval_interval=1, ckpt_interval=1,
-                keep_last=3, data_dir="data_cache", log_dir="results", save_ckpt_path=None, load_ckpt_path=None,
-                log_every=10, wandb_project="molrecipes", benchmark_warmup=10, benchmark_steps=50)
+                num_workers=None, gradient_clip=None, accumulate_grad_batches=1, eval_interval=1, ckpt_interval=1,
+                ckpt_steps=0, keep_last=3, data_dir="data_cache", log_dir="results", save_ckpt_path=None,
+                load_ckpt_path=None, log_interval=10, wandb_project="molrecipes", benchmark_warmup=10,
+                benchmark_steps=50, max_steps=None, max_minutes=None, beta1=0.9, beta2=0.999, momentum=None,
+                dist_timeout=10.0, dllogger_name="log.json")
+
+# Our own flags that were renamed: refused with the new spelling (one vocabulary, see vocabulary.py).
+RENAMED = {"--log_every": "--log_interval", "--max_time_min": "--max_minutes", "--config": "--preset",
+           "--source": "--dataset", "--min_lr": "--min_learning_rate"}
 
 
-def add_common_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
-    """Add the shared groups to ``parser``; keyword arguments override their defaults."""
+def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defaults: Any) -> argparse.ArgumentParser:
+    """Add the shared groups to ``parser``; keyword arguments override their defaults.
+
+    ``kind="train"`` adds everything; ``kind="eval"`` (evaluate, predict, generate) leaves out the
+    training-only flags (optimizer, schedule, limits, checkpoint cadence).
+    """
+    if kind not in ("train", "eval"):
+        raise ValueError(f"kind must be 'train' or 'eval', got {kind!r}")
     unknown = set(defaults) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"add_common_args got unknown defaults: {sorted(unknown)}")
     d = {**DEFAULTS, **defaults}
+    train = kind == "train"
 
     paths = parser.add_argument_group("paths")
     paths.add_argument("--data_dir", default=d["data_dir"], help="dataset directory (raw files and caches)")
-    paths.add_argument("--log_dir", default=d["log_dir"], help="directory for DLLogger JSON logs, W&B, TensorBoard")
-    paths.add_argument("--save_ckpt_path", default=d["save_ckpt_path"], help="write checkpoints to this file")
-    paths.add_argument("--load_ckpt_path", default=d["load_ckpt_path"], help="resume from / evaluate this checkpoint")
-    paths.add_argument("--ckpt_interval", type=int, default=d["ckpt_interval"],
-                       help="save a checkpoint every N epochs (<= 0: only at the end)")
-    paths.add_argument("--keep_last", type=int, default=d["keep_last"], help="keep the newest N numbered checkpoints")
+    paths.add_argument("--log_dir", "--results_dir", dest="log_dir", default=d["log_dir"],
+                       help="directory for the DLLogger log (log.json), W&B and TensorBoard files")
+    paths.add_argument("--dllogger_name", default=d["dllogger_name"],
+                       help="file name of the DLLogger JSON-lines log inside --log_dir")
+    paths.add_argument("--load_ckpt_path", default=d["load_ckpt_path"],
+                       help="resume from this checkpoint" if train else "checkpoint to use (it carries its own config)")
+    if train:
+        paths.add_argument("--save_ckpt_path", default=d["save_ckpt_path"],
+                           help="write checkpoints to this file ('' disables saving)")
+        paths.add_argument("--ckpt_interval", "--save_epochs", dest="ckpt_interval", type=int,
+                           default=d["ckpt_interval"], help="save a checkpoint every N epochs (<= 0: only at the end)")
+        paths.add_argument("--ckpt_steps", type=non_negative_int, default=d["ckpt_steps"],
+                           help="also save every N optimizer steps, mid-epoch (0: off)")
+        paths.add_argument("--keep_last", type=non_negative_int, default=d["keep_last"],
+                           help="keep the newest N numbered checkpoints beside --save_ckpt_path (0: none)")
 
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=positive_int, default=d["epochs"], help="number of training epochs")
-    train.add_argument("--batch_size", type=positive_int, default=d["batch_size"], help="batch size per process")
-    train.add_argument("--learning_rate", "--lr", dest="learning_rate", type=float, default=d["learning_rate"],
-                       help="base learning rate")
-    train.add_argument("--weight_decay", type=non_negative_float, default=d["weight_decay"], help="weight decay")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"], help="optimizer")
-    train.add_argument("--seed", type=int, default=d["seed"], help="random seed (each rank uses seed + rank)")
-    train.add_argument("--num_workers", type=int, default=d["num_workers"], help="DataLoader worker processes")
-    train.add_argument("--gradient_clip", type=float, default=d["gradient_clip"],
-                       help="clip the global gradient norm to this value (off when unset)")
-    train.add_argument("--accumulate_grad_batches", type=positive_int, default=d["accumulate_grad_batches"],
-                       help="accumulate gradients over N batches per optimizer step")
-    train.add_argument("--eval_interval", type=int, default=d["eval_interval"], help="evaluate every N epochs")
+    data = parser.add_argument_group("data loading")
+    data.add_argument("--batch_size", type=positive_int, default=d["batch_size"], help="batch size per process")
+    data.add_argument("--num_workers", type=non_negative_int, default=d["num_workers"],
+                      help="DataLoader worker processes (default: 4 per GPU on CUDA, 0 on CPU)")
+    data.add_argument("--seed", type=int, default=d["seed"], help="random seed")
+
+    if train:
+        tr = parser.add_argument_group("training")
+        tr.add_argument("--epochs", type=positive_int, default=d["epochs"], help="number of training epochs")
+        tr.add_argument("--max_steps", "--steps", dest="max_steps", type=positive_int, default=d["max_steps"],
+                        help="stop (and save) after this many optimizer steps in total")
+        tr.add_argument("--max_minutes", type=positive_float, default=d["max_minutes"],
+                        help="stop (and save) after this many minutes of training")
+        tr.add_argument("--learning_rate", "--lr", dest="learning_rate", type=positive_float,
+                        default=d["learning_rate"], help="base learning rate")
+        tr.add_argument("--weight_decay", type=non_negative_float, default=d["weight_decay"], help="weight decay")
+        tr.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"], help="optimizer")
+        tr.add_argument("--beta1", type=float, default=d["beta1"], help="Adam/LAMB beta1")
+        tr.add_argument("--beta2", type=float, default=d["beta2"], help="Adam/LAMB beta2")
+        tr.add_argument("--momentum", type=float, default=d["momentum"],
+                        help="SGD momentum (0.9 if unset); for adam/adamw/lamb it sets beta1, as NVIDIA's SE(3) "
+                             "recipe does")
+        tr.add_argument("--gradient_clip", "--clip", dest="gradient_clip", type=float, default=d["gradient_clip"],
+                        help="clip the global gradient norm to this value (off when unset or <= 0)")
+        tr.add_argument("--accumulate_grad_batches", type=positive_int, default=d["accumulate_grad_batches"],
+                        help="accumulate gradients over N batches per optimizer step")
+        tr.add_argument("--eval_interval", "--eval_epochs", dest="eval_interval", type=int,
+                        default=d["eval_interval"], help="evaluate every N epochs (<= 0: only at the end)")
+        add_bool(tr, "--finetune", help="with --load_ckpt_path: load only the weights (new optimizer, schedule "
+                                        "and position) and allow a different task or dataset")
 
     prec = parser.add_argument_group("precision")
-    prec.add_argument("--amp", action="store_true",
-                      help="mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA")
+    add_bool(prec, "--amp", help="mixed precision: bf16 autocast on CPU; fp16 + GradScaler on CUDA (bf16 for "
+                                 "graph_parallel force training, see its README)")
     prec.add_argument("--amp_dtype", choices=("fp16", "bf16"), default=None,
                       help="autocast dtype (default: fp16 on CUDA, bf16 on CPU)")
-    prec.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions on Ampere+ GPUs")
+    add_bool(prec, "--tf32", default=None,
+             help="TF32 matmuls on Ampere+ GPUs: true/false sets both the matmul and cuDNN switches; unset "
+                  "leaves PyTorch's own defaults")
 
     perf = parser.add_argument_group("performance")
-    perf.add_argument("--cuda_graphs", action="store_true", help="capture the step in a CUDA graph (CUDA only)")
-    perf.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_bool(perf, "--cuda_graphs", "--cuda_graph", dest="cuda_graphs", help="capture steps in CUDA graphs (CUDA only)")
+    add_bool(perf, "--compile", help="torch.compile the model")
+    perf.add_argument("--gpu_affinity", choices=("none", "socket", "single", "single_unique", "socket_unique"),
+                      default="socket_unique" if train else "none",
+                      help="pin each local rank to the CPU cores of its GPU's NUMA node (NVML; no-op without GPUs)")
+    perf.add_argument("--dist_timeout", type=positive_float, default=d["dist_timeout"],
+                      help="minutes a collective may wait for a peer before the run fails with a message")
 
     log = parser.add_argument_group("logging")
-    log.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without WANDB_API_KEY)")
+    add_bool(log, "--wandb", help="log to Weights & Biases (offline without WANDB_API_KEY)")
     log.add_argument("--wandb_project", default=d["wandb_project"], help="W&B project name")
-    log.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
-    log.add_argument("--silent", action="store_true", help="no progress bars and no stdout metrics")
-    log.add_argument("--log_every", type=positive_int, default=d["log_every"], help="log training metrics every N steps")
+    add_bool(log, "--tensorboard", help="also write TensorBoard event files")
+    add_bool(log, "--progress", default=None,
+             help="progress bars (default: only when stderr is a terminal; otherwise one log line per interval)")
+    add_bool(log, "--silent", help="benchmarks: no progress bars and no per-step stdout lines (the log file "
+                                   "still gets every metric)")
+    if train:
+        log.add_argument("--log_interval", type=positive_int, default=d["log_interval"],
+                         help="log training metrics every N optimizer steps")
 
     bench = parser.add_argument_group("benchmark")
-    bench.add_argument("--benchmark", action="store_true", help="measure throughput and latency instead of a full run")
-    bench.add_argument("--benchmark_warmup", type=int, default=d["benchmark_warmup"], help="steps excluded from timing")
+    add_bool(bench, "--benchmark", help="measure throughput and latency instead of a full run")
+    bench.add_argument("--benchmark_warmup", type=non_negative_int, default=d["benchmark_warmup"],
+                       help="steps excluded from timing")
     bench.add_argument("--benchmark_steps", type=positive_int, default=d["benchmark_steps"], help="timed steps")
+
+    for old, new in RENAMED.items():
+        if not any(old in a.option_strings for a in parser._actions):
+            add_refused(parser, old, f"it was renamed {new}")
+    add_refused(parser, "--jit", "TorchScript is not used here; use --compile (torch.compile)")
+    add_refused(parser, "--local_rank", "launch with torchrun, which sets LOCAL_RANK in the environment")
     return parser
+
+
+def resolve_num_workers(value: Optional[int], device) -> int:
+    """``--num_workers`` default: 4 per process on CUDA (overlaps collate with GPU work), 0 on CPU
+    (workers would compete with the compute threads for the same cores)."""
+    if value is not None:
+        return value
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, per_rank - 1))
+
+
+def optimizer_betas(args) -> tuple:
+    """(beta1, beta2) from --beta1/--beta2, with NVIDIA's ``--momentum`` as beta1 for Adam-family optimizers."""
+    beta1 = args.beta1
+    if getattr(args, "momentum", None) is not None and args.optimizer != "sgd":
+        beta1 = args.momentum
+    return beta1, args.beta2
+
+
+def sgd_momentum(args) -> float:
+    return 0.9 if getattr(args, "momentum", None) is None else args.momentum

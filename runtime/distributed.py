@@ -2,11 +2,22 @@
 
 Single-process runs (no ``WORLD_SIZE`` in the environment) need no process group; every helper
 here then degrades to the obvious no-op, so the same training loop serves both cases.
+
+Backends: gloo on CPU; on CUDA one process group with ``cpu:gloo,cuda:nccl``, so a collective on a
+CPU tensor (a metric sum, a memory figure) works instead of failing on NCCL.
+
+Bounded failure: every collective waits at most ``--dist_timeout`` minutes (gloo raises; NCCL's
+watchdog tears the process down, ``TORCH_NCCL_ASYNC_ERROR_HANDLING=1``). A dead peer is seen by gloo
+at once. A watchdog thread exits the process with a message when its launcher (the torchrun agent)
+dies, instead of leaving an orphan holding a GPU.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -41,11 +52,28 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def init_distributed(backend: Optional[str] = None, timeout_s: int = 1800) -> DistEnv:
+def _watch_launcher(poll_s: float = 1.0) -> None:
+    """Exit with a message when the parent (launcher) process dies and this one is re-parented."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                print(f"error: the launcher (pid {parent}) died; rank {os.environ.get('RANK', '?')} exits instead of "
+                      "waiting for peers that will never come", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+
+
+def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] = None,
+                     timeout_minutes: float = 10.0) -> DistEnv:
     """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK).
 
-    Uses NCCL when CUDA is available and gloo otherwise (``backend`` overrides). Without
-    ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) this is a single-process run. Idempotent.
+    Uses ``cpu:gloo,cuda:nccl`` when CUDA is available and gloo otherwise (``backend`` overrides).
+    Collectives time out after ``timeout_minutes`` (``--dist_timeout``; ``timeout_s`` overrides).
+    Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) this is a single-process run. Idempotent.
     """
     global _ENV
     if _ENV is not None:
@@ -65,12 +93,15 @@ def init_distributed(backend: Optional[str] = None, timeout_s: int = 1800) -> Di
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world_size} but {var} is not set: launch with torchrun")
-        backend = backend or ("nccl" if use_cuda else "gloo")
+        backend = backend or ("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        seconds = timeout_s if timeout_s is not None else 60.0 * timeout_minutes
         kwargs = dict(backend=backend, init_method="env://", rank=rank, world_size=world_size,
-                      timeout=datetime.timedelta(seconds=timeout_s))
-        if backend == "nccl":
+                      timeout=datetime.timedelta(seconds=seconds))
+        if "nccl" in backend:
             kwargs["device_id"] = device
         dist.init_process_group(**kwargs)
+        _watch_launcher()
     _ENV = DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
     return _ENV
 

@@ -67,10 +67,22 @@ def report(err: BaseException) -> str:
     return f"error: {text}{_rank_suffix()}"
 
 
+_PEER_FAILURE = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Timed out waiting",
+                 "ProcessGroupNCCL", "NCCL error", "Socket Timeout", "Broken pipe")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """A collective that failed because a peer died or did not answer in time (gloo or NCCL)."""
+    if any(cls.__name__ == "DistError" for cls in type(err).__mro__):
+        return True
+    return isinstance(err, RuntimeError) and any(p in str(err) for p in _PEER_FAILURE)
+
+
 def run_main(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
     """Run an entry point's ``main``; user errors -> one ``error:`` line on stderr and exit code 2.
 
-    Returns the process exit code (0 on success); use as ``sys.exit(run_main(main))``.
+    A collective that failed because a peer died or timed out (``--dist_timeout``) is reported in one
+    line as well, with exit code 1. Returns the exit code; use as ``sys.exit(run_main(main))``.
     """
     try:
         main(argv)
@@ -78,6 +90,13 @@ def run_main(main: Callable[[Optional[List[str]]], object], argv: Optional[List[
         sys.stdout.flush()
         print(report(err), file=sys.stderr, flush=True)
         return err.exit_code
+    except RuntimeError as err:
+        if not is_peer_failure(err):
+            raise
+        detail = " ".join(str(err).split())[:300]
+        print(report(DistributedError(f"a peer process died or did not answer within --dist_timeout; "
+                                      f"see the other ranks' output ({detail})")), file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted" + _rank_suffix(), file=sys.stderr, flush=True)
         return 130

@@ -1,6 +1,13 @@
 """DLLogger-compatible logging: JSON lines to a file, readable lines to stdout, optional W&B and
 TensorBoard. Only rank 0 writes; on other ranks the logger is silent.
 
+Rules:
+- With ``recipe`` set, every metric name must be in :mod:`runtime.vocabulary`; its METADATA record
+  (unit, format) is written the first time the metric is logged, unless the recipe declared it.
+- A new run moves an existing ``log.json`` aside (``log.<time>.json``); a resumed run appends.
+- ``silent`` drops the per-step stdout lines (steps ``(epoch, iteration)``) only; epoch, evaluation
+  and summary lines are still printed, and the file always receives everything.
+
 File format (one record per line, as NVIDIA's DLLogger JSONStreamBackend writes it)::
 
     DLLL {"timestamp": "1700000000.123", "datetime": "2026-11-23 12:00:00.123456",
@@ -19,6 +26,7 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence, Union
 
+from runtime import vocabulary
 from runtime.distributed import is_main_process
 
 Step = Union[int, Sequence[int], str]
@@ -71,8 +79,11 @@ def _format_value(value: Any, fmt: Optional[str]) -> str:
 class Logger:
     """Fan-out logger. Construct with :func:`setup_logger`."""
 
-    def __init__(self, json_path: Optional[str], stdout: bool, wandb_run=None, tb_writer=None, active: bool = True):
+    def __init__(self, json_path: Optional[str], stdout: bool, wandb_run=None, tb_writer=None, active: bool = True,
+                 recipe: Optional[str] = None, silent: bool = False):
         self.active = active
+        self.recipe = recipe
+        self.silent = silent
         self.start = time.time()
         self.metadata: Dict[str, dict] = {}
         self._last_step = 0
@@ -105,8 +116,14 @@ class Logger:
         if not self.active:
             return
         data = {k: _jsonable(v) for k, v in data.items()}
+        if self.recipe is not None:
+            for key in data:
+                if key not in self.metadata:
+                    unit, fmt = vocabulary.metric_spec(self.recipe, key)
+                    self.log_metadata(key, {"unit": unit, "format": fmt})
         self._record("LOG", step=_step_list(step), data=data)
-        if self.stdout:
+        per_step = not isinstance(step, str) and len(_step_list(step)) >= 2
+        if self.stdout and not (self.silent and per_step):
             parts = [f"{k}: {_format_value(v, self.metadata.get(k, {}).get('format'))}"
                      + (f" {self.metadata[k]['unit']}" if self.metadata.get(k, {}).get("unit") else "")
                      for k, v in data.items()]
@@ -158,13 +175,32 @@ class Logger:
             self.tb_writer = None
 
 
+def _set_aside(path: str) -> Optional[str]:
+    """Rename an existing log to ``<stem>.<YYYYmmdd-HHMMSS>[.N]<ext>`` (its last write time)."""
+    if not os.path.exists(path):
+        return None
+    stem, ext = os.path.splitext(path)
+    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
+    target, n = f"{stem}.{stamp}{ext}", 1
+    while os.path.exists(target):
+        target, n = f"{stem}.{stamp}.{n}{ext}", n + 1
+    os.replace(path, target)
+    return target
+
+
 def setup_logger(log_dir: Optional[str] = None, json_name: str = "log.json", wandb: bool = False,
                  wandb_project: str = "molrecipes", tensorboard: bool = False, silent: bool = False,
-                 run_name: Optional[str] = None) -> Logger:
-    """Build the rank-0 logger. W&B runs offline unless ``WANDB_API_KEY`` is set (never needs network)."""
+                 run_name: Optional[str] = None, recipe: Optional[str] = None, append: bool = False,
+                 stdout: bool = True) -> Logger:
+    """Build the rank-0 logger. W&B runs offline unless ``WANDB_API_KEY`` is set (never needs network).
+
+    ``append=False`` (a new run) moves an existing log aside; ``append=True`` (a resumed run) appends.
+    """
     if not is_main_process():
-        return Logger(None, stdout=False, active=False)
-    json_path = os.path.join(log_dir, json_name) if log_dir else None
+        return Logger(None, stdout=False, active=False, recipe=recipe)
+    json_path = os.path.join(log_dir, json_name or "log.json") if log_dir else None
+    if json_path and not append:
+        _set_aside(json_path)
     wandb_run = None
     if wandb:
         import wandb as wandb_lib
@@ -177,7 +213,7 @@ def setup_logger(log_dir: Optional[str] = None, json_name: str = "log.json", wan
         from torch.utils.tensorboard import SummaryWriter
 
         tb_writer = SummaryWriter(log_dir=os.path.join(log_dir or ".", "tensorboard"))
-    return Logger(json_path, stdout=not silent, wandb_run=wandb_run, tb_writer=tb_writer)
+    return Logger(json_path, stdout=stdout, wandb_run=wandb_run, tb_writer=tb_writer, recipe=recipe, silent=silent)
 
 
 def read_dllogger(path: str):

@@ -33,12 +33,44 @@ def test_dllogger_lines_parse_with_documented_keys(tmp_path, capsys):
     assert "epoch: 0 iter: 10" in out and "loss: 0.1235" in out
 
 
-def test_silent_logger_prints_nothing_but_writes_file(tmp_path, capsys):
+def test_silent_logger_drops_per_step_lines_but_writes_file(tmp_path, capsys):
     logger = setup_logger(str(tmp_path), silent=True)
-    logger.log(1, {"loss": 1.0})
+    logger.log((0, 1), {"loss": 1.0})
+    logger.log((0,), {"val_loss": 2.0})
     logger.close()
-    assert capsys.readouterr().out == ""
+    out = capsys.readouterr().out
+    assert "loss: 1" not in out and "val_loss: 2" in out
+    assert len(read_dllogger(str(tmp_path / "log.json"))) == 2
+
+
+def test_vocabulary_declares_units_and_refuses_unknown_names(tmp_path):
+    import pytest
+
+    logger = setup_logger(str(tmp_path), silent=True, stdout=False, recipe="graph_parallel")
+    logger.log((0, 1), {"train_loss": 1.0, "lr": 1e-3})
+    logger.log((0,), {"val_energy_mae": 0.5, "val_energy_mae_baseline_mean": 1.0, "train_throughput": 3.0})
+    with pytest.raises(KeyError, match="not in the graph_parallel vocabulary"):
+        logger.log((0,), {"epoch_train_loss": 1.0})
+    logger.close()
+    meta = {r["metric"]: r["metadata"] for r in read_dllogger(str(tmp_path / "log.json")) if r["type"] == "METADATA"}
+    assert meta["val_energy_mae"]["unit"] == "eV" and meta["val_energy_mae_baseline_mean"]["unit"] == "eV"
+    assert meta["train_throughput"]["unit"] == "structures/s" and set(meta) >= {"train_loss", "lr"}
+
+
+def test_new_run_sets_old_log_aside_and_resumed_run_appends(tmp_path):
+    first = setup_logger(str(tmp_path), silent=True, stdout=False)
+    first.log(1, {"loss": 1.0})
+    first.close()
+    resumed = setup_logger(str(tmp_path), silent=True, stdout=False, append=True)
+    resumed.log(2, {"loss": 0.5})
+    resumed.close()
+    assert len(read_dllogger(str(tmp_path / "log.json"))) == 2
+    fresh = setup_logger(str(tmp_path), silent=True, stdout=False)
+    fresh.log(1, {"loss": 3.0})
+    fresh.close()
     assert len(read_dllogger(str(tmp_path / "log.json"))) == 1
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("log.") and p.name != "log.json"]
+    assert len(aside) == 1 and len(read_dllogger(str(aside[0]))) == 2
 
 
 def test_wandb_backend_runs_offline(tmp_path, monkeypatch):

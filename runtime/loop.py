@@ -1,0 +1,264 @@
+"""The training loop driver shared by every recipe: the recipe says *what* a step is, the loop *when*.
+
+A recipe keeps its training step in its own package and hands the loop plain functions:
+``forward_backward(batch, loss_scale) -> {"loss": tensor, ...}`` (detached scalars),
+``optimizer_step() -> {...} or None``, and optionally ``evaluate(epoch, scheduled) -> {"val_...": float}``
+(``scheduled`` is False for the extra evaluation when a run stops early: per-evaluation schedules
+such as ReduceLROnPlateau must then not step, or a resumed run would diverge),
+``end_epoch(epoch)`` (per-epoch schedules), ``save(position)`` and ``no_sync()`` (DDP).
+
+=================  =================================================================================
+concern            rule
+=================  =================================================================================
+position           ``Position(epoch, batch, step)``: batches of ``epoch`` consumed, optimizer steps
+                   taken. A resumed run starts there; the sampler skips the consumed batches
+                   without loading them (:class:`runtime.data.EpochSampler`).
+randomness         before every batch all RNGs are reseeded from (seed, rank, epoch, batch), so a
+                   step draws the same numbers whether or not the run was interrupted.
+accumulation       an optimizer step after every ``accumulate`` batches and at the end of an epoch;
+                   DDP's all-reduce only on the last batch of a step (``no_sync`` on the others).
+non-finite loss    counted on the device every batch (no host sync); checked at log steps, before
+                   every checkpoint and at epoch ends: :class:`~runtime.errors.NonFiniteError`.
+logging            every ``log_interval`` optimizer steps: the means of the step metrics over the
+                   interval, averaged over ranks (one all-reduce), ``lr`` and ``train_throughput``.
+limits             ``max_steps`` (optimizer steps in total) and ``max_minutes`` (checked at log
+                   steps and epoch ends, agreed by all ranks) stop the run: save, evaluate.
+checkpoints        every ``ckpt_steps`` optimizer steps (mid-epoch), every ``ckpt_interval``
+                   epochs, and when the run ends or stops; only at optimizer-step boundaries.
+evaluation         every ``eval_interval`` epochs and when the run ends or stops.
+benchmark          with a :class:`~runtime.callbacks.PerformanceMeter`: time each optimizer step
+                   (device-synchronised), no evaluation, no checkpoints, stop after
+                   warm-up + timed steps, cycling epochs as needed.
+=================  =================================================================================
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, ContextManager, Dict, Optional
+
+import torch
+
+from runtime.distributed import all_reduce_mean, barrier, get_world_size, is_initialized
+from runtime.errors import ConfigError, NonFiniteError
+from runtime.progress import progress
+from runtime.seed import seed_step
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run is: ``batch`` batches of ``epoch`` consumed, ``step`` optimizer steps taken."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    max_steps: Optional[int] = None
+    max_minutes: Optional[float] = None
+    accumulate: int = 1
+    log_interval: int = 10
+    eval_interval: int = 1
+    ckpt_interval: int = 1
+    ckpt_steps: int = 0
+    seed: int = 0
+    seed_rank: int = 0            # data-parallel rank (graph-parallel ranks of one group share it)
+    replicas: int = 1             # data-parallel size: items per step = batch items * replicas
+    progress: Optional[bool] = None
+    benchmark_steps: int = 0      # with a meter: timed steps after its warm-up
+
+    @classmethod
+    def from_args(cls, args, seed_rank: int = 0, replicas: int = 1) -> "LoopConfig":
+        """The loop settings of the shared flags (``runtime.cli.add_common_args(kind="train")``)."""
+        return cls(epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
+                   accumulate=args.accumulate_grad_batches, log_interval=args.log_interval,
+                   eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval, ckpt_steps=args.ckpt_steps,
+                   seed=args.seed, seed_rank=seed_rank, replicas=replicas,
+                   progress=False if args.silent else args.progress, benchmark_steps=args.benchmark_steps)
+
+
+class _Running:
+    """Device-side sums of the step metrics since the last read (no host sync until read)."""
+
+    def __init__(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: Dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.count += 1
+
+    def means(self) -> Dict[str, float]:
+        """Means over the batches since the last read, averaged over ranks; resets the sums."""
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[n] / max(self.count, 1) for n in names])
+        values = all_reduce_mean(stacked).tolist()
+        self.sums, self.count = {}, 0
+        return dict(zip(names, values))
+
+
+class TrainLoop:
+    def __init__(self, config: LoopConfig, loader, sampler, logger, *,
+                 forward_backward: Callable[[object, float], Dict[str, torch.Tensor]],
+                 optimizer_step: Callable[[], Optional[Dict[str, torch.Tensor]]],
+                 batch_items: Callable[[object], int],
+                 lr: Callable[[], float],
+                 evaluate: Optional[Callable[[int, bool], Dict[str, float]]] = None,
+                 end_epoch: Optional[Callable[[int], None]] = None,
+                 save: Optional[Callable[[Position], None]] = None,
+                 no_sync: Optional[Callable[[], ContextManager]] = None,
+                 meter=None):
+        self.config, self.loader, self.sampler, self.logger = config, loader, sampler, logger
+        self.forward_backward, self.optimizer_step = forward_backward, optimizer_step
+        self.batch_items, self.lr = batch_items, lr
+        self.evaluate, self.end_epoch, self.save, self.no_sync = evaluate, end_epoch, save, no_sync
+        self.meter = meter
+        self._nonfinite: Optional[torch.Tensor] = None
+        self._checked_step = 0
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _count_nonfinite(self, loss: torch.Tensor) -> None:
+        bad = (~torch.isfinite(loss.detach())).sum()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
+
+    def _check_finite(self, position: Position) -> None:
+        """One host sync: raise if any loss since the last check was NaN or infinite."""
+        if self._nonfinite is not None:
+            count = int(all_reduce_mean(self._nonfinite.float().clone()).item() * get_world_size())
+            self._nonfinite = None
+            if count:
+                raise NonFiniteError(
+                    f"the training loss was NaN or infinite in {count} batch(es) between optimizer steps "
+                    f"{self._checked_step} and {position.step} (epoch {position.epoch}); no checkpoint was "
+                    "written after that. Lower --learning_rate, set --gradient_clip, or check the data")
+        self._checked_step = position.step
+
+    def _out_of_time(self, started: float) -> bool:
+        """Agreed by every rank (the slowest clock decides), so all ranks stop at the same step."""
+        if self.config.max_minutes is None:
+            return False
+        late = torch.tensor([1.0 if (time.time() - started) / 60.0 >= self.config.max_minutes else 0.0])
+        if is_initialized() and get_world_size() > 1:
+            late = all_reduce_mean(late) * get_world_size()
+        return bool(late.item() > 0)
+
+    def _save(self, position: Position) -> None:
+        self._check_finite(position)
+        if self.save is not None:
+            self.save(position)
+            barrier()
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, position: Position = Position()) -> Dict[str, float]:
+        """Train from ``position`` until the epochs, ``max_steps``, ``max_minutes`` or the benchmark end.
+
+        Returns the last epoch's train metrics and the last evaluation's metrics, plus ``epochs``,
+        ``steps``, ``minutes`` and ``stop_reason``.
+        """
+        cfg = self.config
+        started = last_log_time = time.time()
+        pos = position
+        self._checked_step = pos.step
+        stop_reason: Optional[str] = None
+        result: Dict[str, float] = {}
+        interval, interval_items = _Running(), 0
+        timed = 0
+        benchmark = self.meter is not None
+        if cfg.max_steps is not None and pos.step >= cfg.max_steps:
+            stop_reason = "max_steps"
+        while stop_reason is None and (pos.epoch < cfg.epochs or benchmark):
+            epoch_sums = _Running()
+            self.sampler.set_epoch(pos.epoch, skip=pos.batch * self.loader.batch_size)
+            batches_in_epoch = pos.batch + len(self.loader)
+            if batches_in_epoch == 0:
+                raise ConfigError("the training data yields no batch: lower --batch_size or use more data")
+            step_items, step_started = 0, False
+            for batch in progress(self.loader, desc=f"epoch {pos.epoch}", total=len(self.loader),
+                                  enabled=cfg.progress):
+                seed_step(cfg.seed, cfg.seed_rank, pos.epoch, pos.batch)
+                last_of_epoch = pos.batch + 1 == batches_in_epoch
+                boundary = (pos.batch + 1) % cfg.accumulate == 0 or last_of_epoch
+                if benchmark and not step_started:
+                    self.meter.start()
+                    step_started = True
+                sync = self.no_sync() if (self.no_sync is not None and not boundary) else contextlib.nullcontext()
+                with sync:
+                    out = self.forward_backward(batch, 1.0 / cfg.accumulate)
+                self._count_nonfinite(out["loss"])
+                interval.add(out)
+                epoch_sums.add(out)
+                items = self.batch_items(batch) * cfg.replicas
+                interval_items += items
+                step_items += items
+                pos = replace(pos, batch=pos.batch + 1)
+                if not boundary:
+                    continue
+                step_out = self.optimizer_step() or {}
+                pos = replace(pos, step=pos.step + 1)
+                if benchmark:
+                    self.meter.stop(step_items)
+                    step_started, step_items = False, 0
+                    timed += 1
+                    if timed >= self.meter.warmup_steps + cfg.benchmark_steps:
+                        stop_reason = "benchmark"
+                        break
+                    continue
+                if pos.step % cfg.log_interval == 0:
+                    self._check_finite(pos)
+                    now = time.time()
+                    data = {f"train_{k}": v for k, v in interval.means().items()}
+                    data.update({k: float(v) for k, v in step_out.items()})
+                    data["lr"] = self.lr()
+                    data["train_throughput"] = interval_items / max(now - last_log_time, 1e-9)
+                    self.logger.log((pos.epoch, pos.step), data)
+                    last_log_time, interval_items = now, 0
+                    if self._out_of_time(started):
+                        stop_reason = "max_minutes"
+                if cfg.max_steps is not None and pos.step >= cfg.max_steps:
+                    stop_reason = "max_steps"
+                if stop_reason is not None:
+                    break
+                if cfg.ckpt_steps and pos.step % cfg.ckpt_steps == 0 and not last_of_epoch:
+                    self._save(pos)
+            if benchmark:
+                if stop_reason is None:
+                    pos = Position(pos.epoch + 1, 0, pos.step)
+                continue
+            epoch_done = pos.batch >= batches_in_epoch
+            train_metrics = {f"train_{k}": v for k, v in epoch_sums.means().items()}
+            if epoch_done:
+                self._check_finite(pos)
+                if self.end_epoch is not None:
+                    self.end_epoch(pos.epoch)
+                pos = Position(pos.epoch + 1, 0, pos.step)
+                if stop_reason is None and self._out_of_time(started):
+                    stop_reason = "max_minutes"
+            finishing = stop_reason is not None or pos.epoch >= cfg.epochs
+            metrics = dict(train_metrics)
+            due_eval = epoch_done and cfg.eval_interval > 0 and pos.epoch % cfg.eval_interval == 0
+            if self.evaluate is not None and (due_eval or finishing):
+                metrics.update(self.evaluate(pos.epoch - 1 if epoch_done else pos.epoch, due_eval))
+            if metrics:
+                self.logger.log((pos.epoch - 1 if epoch_done else pos.epoch,), metrics)
+            result.update(metrics)
+            due_save = epoch_done and ((cfg.ckpt_interval > 0 and pos.epoch % cfg.ckpt_interval == 0)
+                                       or (cfg.ckpt_steps > 0 and pos.step % cfg.ckpt_steps == 0))
+            if due_save or finishing:
+                self._save(pos)
+        stop_reason = stop_reason or "epochs"
+        summary = {"epochs": pos.epoch, "steps": pos.step, "minutes": (time.time() - started) / 60.0,
+                   "stop_reason": stop_reason}
+        if benchmark:
+            self.meter.log(self.logger, prefix="train")
+        self.logger.log((), summary)
+        result.update(summary)
+        result["position"] = pos
+        return result

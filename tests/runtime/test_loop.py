@@ -1,0 +1,175 @@
+"""The shared loop driver: exact mid-epoch resume, accumulation, limits, non-finite losses, samplers."""
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from runtime.checkpoint import load_checkpoint, save_checkpoint
+from runtime.data import EpochSampler, ShardSampler, make_loader
+from runtime.errors import NonFiniteError
+from runtime.logging import read_dllogger, setup_logger
+from runtime.loop import LoopConfig, Position, TrainLoop
+from runtime.optim import make_optimizer, make_scheduler
+from runtime.testing import run_distributed
+
+
+def _dataset(n=40):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    return TensorDataset(x, x.sum(1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=g))
+
+
+class _Recipe:
+    """A toy recipe with every source of randomness a real one has: init, dropout, input noise."""
+
+    def __init__(self, tmp, rank=0, world=1, nan_at_step=None):
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(6, 32), nn.Dropout(0.2), nn.ReLU(), nn.Linear(32, 1))
+        self.ddp = self.model
+        if world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(self.model)
+        self.opt = make_optimizer("adamw", self.model.parameters(), lr=1e-2, weight_decay=1e-2)
+        self.sched = make_scheduler("cosine", self.opt, warmup_steps=2, total_steps=40)
+        self.path = os.path.join(tmp, "ckpt.pt")
+        self.nan_at_step = nan_at_step
+        self.steps = 0
+        self.dataset = _dataset()
+        self.sampler = EpochSampler(len(self.dataset), shuffle=True, seed=5, num_replicas=world, rank=rank)
+        self.loader = make_loader(self.dataset, 4, self.sampler)
+
+    def forward_backward(self, batch, scale):
+        x, y = batch
+        x = x + 0.05 * torch.randn_like(x)  # "dequantisation" noise from the global RNG
+        loss = (self.ddp(x) - y).pow(2).mean()
+        if self.nan_at_step is not None and self.steps >= self.nan_at_step:
+            loss = loss * float("nan")
+        (loss * scale).backward()
+        return {"loss": loss.detach()}
+
+    def optimizer_step(self):
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.steps += 1
+        return {"grad_norm": norm}
+
+    def save(self, pos):
+        save_checkpoint(self.path, self.model, self.opt, self.sched, epoch=pos.epoch, batch=pos.batch,
+                        step=pos.step)
+
+    def loop(self, logger, **config):
+        cfg = LoopConfig(**{"epochs": 3, "log_interval": 1, "seed": 1, "progress": False, **config})
+        return TrainLoop(cfg, self.loader, self.sampler, logger, forward_backward=self.forward_backward,
+                         optimizer_step=self.optimizer_step, batch_items=lambda b: len(b[0]),
+                         lr=lambda: self.opt.param_groups[0]["lr"], save=self.save,
+                         evaluate=lambda epoch, scheduled: {"val_loss": 0.0})
+
+
+def _train(tmp, resume_from=None, **config):
+    recipe = _Recipe(tmp)
+    pos = Position()
+    if resume_from:
+        info = load_checkpoint(resume_from, recipe.model, recipe.opt, recipe.sched)
+        pos = Position(info["epoch"], info["batch"], info["step"])
+    logger = setup_logger(tmp, silent=True, stdout=False, append=resume_from is not None)
+    result = recipe.loop(logger, **config).run(pos)
+    logger.close()
+    losses = [r["data"]["train_loss"] for r in read_dllogger(os.path.join(tmp, "log.json"))
+              if r["type"] == "LOG" and len(r.get("step", [])) == 2]
+    return recipe.model, result, losses
+
+
+@pytest.mark.parametrize("stop", [{"max_steps": 7}, {"max_steps": 8, "ckpt_steps": 3}])
+def test_resume_mid_epoch_is_bit_identical(tmp_path, stop):
+    straight, _, losses_a = _train(str(tmp_path / "a"), accumulate=2)
+    _, first, _ = _train(str(tmp_path / "b"), accumulate=2, **stop)
+    assert first["stop_reason"] == "max_steps" and first["position"].batch > 0, first  # stopped mid-epoch
+    resumed, result, losses_b = _train(str(tmp_path / "b"), resume_from=str(tmp_path / "b" / "ckpt.pt"),
+                                       accumulate=2)
+    assert result["stop_reason"] == "epochs" and result["steps"] == 15  # 3 epochs x ceil(10 batches / 2)
+    assert losses_b == losses_a
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), f"{name} differs after resume"
+
+
+def test_skipped_batches_are_never_loaded(tmp_path):
+    recipe = _Recipe(str(tmp_path))
+    loaded = []
+    dataset = recipe.dataset
+
+    class Spy(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, i):
+            loaded.append(i)
+            return dataset[i]
+
+    recipe.loader = make_loader(Spy(), 4, recipe.sampler)
+    logger = setup_logger(None, silent=True, stdout=False)
+    recipe.loop(logger, epochs=1).run(Position(0, 7, 7))
+    assert sorted(loaded) == sorted(recipe.sampler.indices(0)[28:].tolist())  # only the last 3 batches
+
+
+def test_nonfinite_loss_stops_before_any_checkpoint(tmp_path):
+    recipe = _Recipe(str(tmp_path), nan_at_step=3)
+    logger = setup_logger(None, silent=True, stdout=False)
+    with pytest.raises(NonFiniteError, match="NaN or infinite in 1 batch"):
+        recipe.loop(logger, epochs=3, log_interval=4, ckpt_steps=2).run()
+    state = torch.load(recipe.path, weights_only=True)
+    assert state["position"]["step"] == 2  # the save at step 4 was refused
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_time_limit_stops_and_saves(tmp_path):
+    recipe = _Recipe(str(tmp_path))
+    logger = setup_logger(None, silent=True, stdout=False)
+    result = recipe.loop(logger, epochs=100, max_minutes=1e-9).run()
+    assert result["stop_reason"] == "max_minutes" and result["steps"] == 1
+    assert torch.load(recipe.path, weights_only=True)["position"] == {"epoch": 0, "batch": 1, "step": 1}
+
+
+def test_epoch_sampler_matches_distributed_sampler_and_shards_cover_once():
+    data = list(range(23))
+    for world, drop_last in ((1, False), (3, False), (3, True)):
+        for rank in range(world):
+            ours = EpochSampler(len(data), True, seed=4, num_replicas=world, rank=rank, drop_last=drop_last)
+            ref = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=4, drop_last=drop_last)
+            ours.set_epoch(2)
+            ref.set_epoch(2)
+            assert list(ours) == list(ref)
+            ours.set_epoch(2, skip=5)
+            assert list(ours) == list(ref)[5:] and len(ours) == len(ref) - 5
+    shards = [list(ShardSampler(23, 3, r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == data
+
+
+def _two_rank_loop(rank, world, tmp, stop_at):
+    recipe = _Recipe(tmp, rank, world)
+    pos = Position()
+    if stop_at is None and os.path.exists(recipe.path):
+        info = load_checkpoint(recipe.path, recipe.model, recipe.opt, recipe.sched)
+        pos = Position(info["epoch"], info["batch"], info["step"])
+    logger = setup_logger(None, silent=True, stdout=False)
+    recipe.loop(logger, epochs=2, max_steps=stop_at, seed_rank=rank, replicas=world).run(pos)
+    return {k: v.clone() for k, v in recipe.model.state_dict().items()}
+
+
+def _straight_then_stop_and_resume(rank, world, tmp):
+    straight = _two_rank_loop(rank, world, os.path.join(tmp, "a"), None)
+    _two_rank_loop(rank, world, os.path.join(tmp, "b"), 3)
+    return straight, _two_rank_loop(rank, world, os.path.join(tmp, "b"), None)
+
+
+@pytest.mark.distributed
+def test_two_rank_ddp_resume_is_bit_identical(tmp_path):
+    results = run_distributed(_straight_then_stop_and_resume, 2, str(tmp_path))
+    for rank, (straight, resumed) in enumerate(results):
+        for name in straight:
+            assert torch.equal(straight[name], resumed[name]), (rank, name)
+    assert all(torch.equal(results[0][0][n], results[1][0][n]) for n in results[0][0])
+    assert not math.isnan(float(results[0][0]["0.weight"].sum()))
