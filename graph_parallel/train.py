@@ -297,7 +297,7 @@ def train(trainer: Trainer, train_loader, val_loader, args, logger) -> Dict[str,
         trainer.epoch = epoch
         set_epoch(train_loader, epoch, args.seed)
         running = []
-        for batch in progress(train_loader, desc=f"epoch {epoch}", silent=args.silent):
+        for batch in progress(train_loader, desc=f"epoch {epoch}", enabled=False if args.silent else None):
             out = trainer.train_step(batch)
             running.append(out["train_loss"])
             if out.pop("stepped", 0.0) and trainer.step % args.log_every == 0:

@@ -113,7 +113,7 @@ DEFAULTS = dict(batch_size=32, epochs=10, learning_rate=1e-3, weight_decay=0.0, 
 
 # Our own flags that were renamed: refused with the new spelling (one vocabulary, see vocabulary.py).
 RENAMED = {"--log_every": "--log_interval", "--max_time_min": "--max_minutes", "--config": "--preset",
-           "--source": "--dataset", "--min_lr": "--min_learning_rate"}
+           "--source": "--dataset"}
 
 
 def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defaults: Any) -> argparse.ArgumentParser:

@@ -67,7 +67,7 @@ def train_epoch(args, epoch: int, step: int, model, loader, scaler, precision, o
     """One pass over ``loader`` with gradient accumulation; returns (mean loss over ranks, global step)."""
     losses = []
     optimizer.zero_grad(set_to_none=True)
-    for i, (batch, basis) in enumerate(progress(loader, f"epoch {epoch}", silent=args.silent)):
+    for i, (batch, basis) in enumerate(progress(loader, f"epoch {epoch}", enabled=False if args.silent else None)):
         batch, basis = _to_device(batch, basis, precision.device)
         losses.append(train_step(model, batch, basis, scaler, precision, args.accumulate_grad_batches))
         if (i + 1) % args.accumulate_grad_batches == 0 or i + 1 == len(loader):
@@ -116,7 +116,7 @@ def main(argv: Optional[list] = None) -> dict:
     # ---- data ----
     if is_main_process():  # rank 0 parses / downloads first so the cache is written once
         arrays = load_qm9(args.source, args.data_dir, args.num_molecules,
-                          progress=lambda it, total=None: progress(it, "parsing QM9", total, args.silent))
+                          progress=lambda it, total=None: progress(it, "parsing QM9", total, enabled=False if args.silent else None))
     barrier()
     if not is_main_process():
         arrays = load_qm9(args.source, args.data_dir, args.num_molecules)
