@@ -1,10 +1,12 @@
-"""Sample molecules from a trained MoFlow: ``python -m moflow.generate --load_ckpt_path CKPT``.
+"""Sample molecules from a trained MoFlow: ``python -m moflow.generate --load_ckpt_path CKPT``
+(``python -m moflow.predict`` is the same entry point under the name every recipe shares).
 
 Latents are drawn from N(0, (temperature * sigma)^2) with the learned prior variance, mapped back
-through the exact inverse, decoded, optionally valency-corrected, and written as SMILES plus a
-PNG grid drawn with RDKit. ``--benchmark`` measures inference throughput and latency instead.
+through the exact inverse, decoded, valency-corrected (``--correct_validity false`` to keep raw
+molecules only), and written as SMILES plus a PNG grid drawn with RDKit. ``--benchmark`` measures
+inference throughput and latency instead. ``--cuda_graphs`` (CUDA only) captures the reverse pass
+for full batches; a last, smaller batch runs eagerly.
 """
-import argparse
 import contextlib
 import os
 import sys
@@ -17,22 +19,31 @@ from moflow.config import ModelConfig
 from moflow.model import MoFlow
 from runtime.callbacks import PerformanceMeter
 from runtime.checkpoint import load_checkpoint, read_checkpoint
-from runtime.cli import add_common_args
+from runtime.cli import ArgumentParser, add_bool, add_common_args
 from runtime.compile import maybe_compile
+from runtime.cuda_graphs import capture_inference, require_cuda_graphs
 from runtime.distributed import init_distributed
+from runtime.errors import CheckpointError, ConfigError, run_main
+from runtime.io import ensure_writable_dir
 from runtime.logging import setup_logger
 from runtime.precision import Precision
 from runtime.seed import seed_everything
 
 
 def load_trained_model(path: str, device) -> Tuple[MoFlow, dict]:
-    """Rebuild the model from the config stored in a training checkpoint and load its weights."""
-    extra = read_checkpoint(path).get("extra", {})
-    if "model_config" not in extra or "atomic_nums" not in extra:
-        raise ValueError(f"{path} is not a MoFlow training checkpoint (no model_config/atomic_nums)")
-    model = MoFlow(ModelConfig.from_dict(extra["model_config"]))
-    load_checkpoint(path, model, restore_rng=False)
-    return model.to(device).eval(), extra
+    """Rebuild the model from the config stored in a MoFlow checkpoint and load its weights.
+
+    Returns the model (eval mode) and the checkpoint's identity (``meta``) merged with its ``extra``.
+    """
+    state = read_checkpoint(path)
+    meta = state.get("meta", {})
+    if meta.get("recipe") != "moflow" or "config" not in meta:
+        raise CheckpointError(f"checkpoint {path} does not match this run: recipe: checkpoint has "
+                              f"{meta.get('recipe')!r}, this run has 'moflow'")
+    model = MoFlow(ModelConfig.from_dict(meta["config"]))
+    load_checkpoint(path, model, expect={"recipe": "moflow"}, state=state)
+    info = {**state.get("extra", {}), **meta, "atomic_nums": meta["atoms"]}
+    return model.to(device).eval(), info
 
 
 @torch.no_grad()
@@ -84,27 +95,46 @@ def draw_grid(smiles: List[str], path: str, per_row: int = 5, size: int = 250) -
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(p, batch_size=100, log_dir="results/moflow", data_dir="data/moflow",
-                    load_ckpt_path="results/moflow/moflow.pt", benchmark_warmup=3, benchmark_steps=20)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m moflow.generate", description=__doc__)
+    add_common_args(p, kind="eval", batch_size=100, log_dir="results/moflow", data_dir="data/moflow",
+                    load_ckpt_path="results/moflow/moflow.pt", benchmark_warmup=3, benchmark_steps=20,
+                    dllogger_name="predict_log.json")
     g = p.add_argument_group("generation")
     g.add_argument("--num_samples", type=int, default=100, help="molecules to generate")
     g.add_argument("--temperature", type=float, default=0.6, help="latent standard-deviation multiplier")
-    g.add_argument("--no_correct_validity", action="store_true",
-                   help="write molecules without valency correction (invalid ones are dropped)")
-    g.add_argument("--output", default="results/moflow/generated.smi", help="SMILES output file")
+    add_bool(g, "--correct_validity", default=True,
+             help="valency-correct molecules (false: write raw molecules only; invalid ones are dropped)")
+    g.add_argument("--output", "--predictions_path", dest="output", default="results/moflow/generated.smi",
+                   help="SMILES output file")
     g.add_argument("--png", default="results/moflow/generated.png", help="grid image ('' to skip)")
     g.add_argument("--png_molecules", type=int, default=20, help="molecules drawn in the grid")
     return p
 
 
-def benchmark_inference(model, args, precision, logger, device) -> dict:
-    reverse = maybe_compile(model.reverse, args.compile)
+def make_reverse(model: MoFlow, args, precision: Precision, device):
+    """The z -> graph function used for sampling: eager, compiled, or CUDA-graphed for full batches."""
+    def reverse(z):
+        with precision.autocast():
+            return model.reverse(z)
+
+    reverse = maybe_compile(reverse, args.compile)
+    if not args.cuda_graphs:
+        return reverse
+    graphed = capture_inference(reverse, (model.sample_latent(args.batch_size, args.temperature),))
+
+    def reverse_graphed(z):
+        if z.shape[0] != args.batch_size:
+            return reverse(z)
+        return tuple(t.clone() for t in graphed(z))
+    return reverse_graphed
+
+
+def benchmark_inference(model, args, reverse, logger, device) -> dict:
     meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup)
     for _ in range(args.benchmark_warmup + args.benchmark_steps):
         meter.start()
-        with torch.no_grad(), precision.autocast():
+        with torch.no_grad():
             reverse(model.sample_latent(args.batch_size, args.temperature))
         meter.stop(args.batch_size)
     return meter.log(logger, prefix="inference")
@@ -112,45 +142,51 @@ def benchmark_inference(model, args, precision, logger, device) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    env = init_distributed()
+    env = init_distributed(timeout_minutes=args.dist_timeout)
     if args.cuda_graphs:
-        from runtime.cuda_graphs import require_cuda_graphs
         require_cuda_graphs(env.device)
+        if args.compile:
+            raise ConfigError("--cuda_graphs with --compile is refused until a GPU run shows the pair correct")
     seed_everything(args.seed, env.rank)
     if not args.load_ckpt_path:
-        raise ValueError("--load_ckpt_path is required")
-    model, extra = load_trained_model(args.load_ckpt_path, env.device)
+        raise ConfigError("--load_ckpt_path is required")
+    if args.num_samples <= 0:
+        raise ConfigError(f"--num_samples must be positive, got {args.num_samples}")
+    ensure_writable_dir(args.log_dir, "--log_dir")
+    if not args.benchmark:
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
+    model, info = load_trained_model(args.load_ckpt_path, env.device)
     precision = Precision(args.amp, env.device, args.amp_dtype)
-    logger = setup_logger(args.log_dir, json_name="generate_log.json", wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent)
-    logger.log_params({k: v for k, v in vars(args).items()})
+    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
+                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
+                          recipe="moflow")
+    logger.log_params(dict(vars(args)))
+    reverse = make_reverse(model, args, precision, env.device)
     if args.benchmark:
-        benchmark_inference(model, args, precision, logger, env.device)
+        benchmark_inference(model, args, reverse, logger, env.device)
         logger.close()
         return 0
-    if args.num_samples <= 0:
-        raise ValueError(f"--num_samples must be positive, got {args.num_samples}")
     generator = torch.Generator(device=env.device).manual_seed(args.seed)
-    raw, corrected = sample_smiles(model, args.num_samples, args.temperature, extra["atomic_nums"],
-                                   args.batch_size, precision, generator,
-                                   reverse=maybe_compile(model.reverse, args.compile))
-    chosen = raw if args.no_correct_validity else corrected
+    raw, corrected = sample_smiles(model, args.num_samples, args.temperature, info["atomic_nums"],
+                                   args.batch_size, None, generator, reverse=reverse)
+    chosen = corrected if args.correct_validity else raw
     written = [s for s in chosen if s]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         f.write("\n".join(written) + ("\n" if written else ""))
     n = args.num_samples
-    logger.log((), {"generated": n, "written": len(written),
+    logger.log((), {"num_samples": n, "temperature": args.temperature,
                     "validity_without_correction": 100.0 * sum(s is not None for s in raw) / n,
-                    "validity": 100.0 * sum(s is not None for s in corrected) / n})
+                    "validity": 100.0 * sum(s is not None for s in corrected) / n,
+                    "uniqueness": 100.0 * len(set(written)) / max(len(written), 1)})
     if args.png and written:
         draw_grid(written[:args.png_molecules], args.png)
-        print(f"wrote {args.output} and {args.png}")
+        print(f"wrote {len(written)} molecules to {args.output} and a grid to {args.png}")
     else:
-        print(f"wrote {args.output}")
+        print(f"wrote {len(written)} molecules to {args.output}")
     logger.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -1,229 +1,319 @@
-"""Train MoFlow: ``python -m moflow.train --dataset sample --config small --epochs 1``.
+"""Train MoFlow: ``python -m moflow.train --dataset qm9 --epochs 10``.
 
 Single process or ``torchrun --nproc_per_node N -m moflow.train`` (DDP, gloo on CPU, NCCL on GPU).
-ActNorm layers are initialised from the first batch before training; checkpoints hold the model
-(including the learned prior variance), optimizer, loss scaler and RNG states and resume exactly.
+The epoch/step loop, resume, limits, checkpoint cadence and non-finite checks are runtime's
+(:mod:`runtime.loop`); this module holds MoFlow's step, its evaluation and its checkpoint content.
+
+- The model is built under the rank-independent ``--seed``, and its ActNorm layers are initialised
+  from the first *global* batch (every rank runs the same pass over the union of the ranks' first
+  batches), so a multi-GPU run starts from exactly the model a single process would build.
+- CUDA only: the bond and atom flows run on two streams (off under ``--compile``), and
+  ``--cuda_graphs`` captures both flows after ``--cuda_graph_warmup`` eager steps.
 """
-import argparse
+from __future__ import annotations
+
 import os
 import sys
-import time
+from typing import Dict, Optional
 
 import torch
-from torch.utils.data import DataLoader
 
-from moflow.config import MODEL_PRESETS, make_model_config
+from moflow.config import MODEL_PRESETS, ModelConfig, make_model_config
 from moflow.data.dataset import MoleculeCache
 from moflow.generate import sample_smiles
 from moflow.model import MoFlow, MoFlowObjective, initialize_actnorm
-from runtime.callbacks import PerformanceMeter
+from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from runtime.cli import add_common_args
+from runtime.cli import ArgumentParser, add_bool, add_common_args, optimizer_betas, resolve_num_workers
 from runtime.compile import maybe_compile
-from runtime.cuda_graphs import require_cuda_graphs
-from runtime.distributed import (all_reduce_mean, barrier, init_distributed, is_main_process, make_sampler,
-                                 shutdown, wrap_ddp)
+from runtime.cuda_graphs import materialize_grads, require_cuda_graphs
+from runtime.data import EpochSampler, ShardSampler, make_loader
+from runtime.distributed import all_reduce_sum, init_distributed, is_main_process, shutdown, wrap_ddp
+from runtime.errors import CheckpointError, ConfigError, run_main
+from runtime.io import ensure_writable_dir
 from runtime.logging import setup_logger
+from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer
 from runtime.precision import Precision, set_tf32
-from runtime.progress import progress
 from runtime.seed import seed_everything
 
+DATASETS = ["sample", "moses", "zinc250k", "qm9"]
+ARCH_FLAGS = ("b_n_flow", "b_n_block", "b_n_squeeze", "b_hidden_ch", "b_conv_lu", "a_n_flow", "a_n_block",
+              "a_hidden_gnn", "a_hidden_lin", "mask_row_size", "mask_row_stride", "noise_scale")
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(p, batch_size=128, epochs=10, learning_rate=5e-4, gradient_clip=1.0, data_dir="data/moflow",
-                    log_dir="results/moflow", save_ckpt_path="results/moflow/moflow.pt", log_every=20,
-                    benchmark_warmup=5, benchmark_steps=20)
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m moflow.train", description=__doc__)
+    add_common_args(p, batch_size=128, epochs=10, learning_rate=5e-4, gradient_clip=1.0, beta2=0.99,
+                    data_dir="data/moflow", log_dir="results/moflow", log_interval=20, benchmark_warmup=5,
+                    benchmark_steps=20)
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="sample", choices=["sample", "moses", "zinc250k", "qm9"],
-                   help="name of the preprocessed cache in --data_dir")
-    m = p.add_argument_group("model (defaults: the --config preset)")
-    m.add_argument("--config", default=None, choices=sorted(MODEL_PRESETS),
+    d.add_argument("--dataset", default="sample", choices=DATASETS, help="name of the preprocessed cache in --data_dir")
+    m = p.add_argument_group("model (defaults: the --preset)")
+    m.add_argument("--preset", "--config_name", dest="preset", default=None, choices=sorted(MODEL_PRESETS),
                    help="hyper-parameter preset (default: the reference preset of --dataset; sample uses small)")
     m.add_argument("--b_n_flow", type=int, default=None, help="Glow steps on the adjacency")
-    m.add_argument("--b_n_block", type=int, default=None)
+    m.add_argument("--b_n_block", type=int, default=None, help="Glow blocks on the adjacency")
     m.add_argument("--b_n_squeeze", type=int, default=None, help="squeeze fold of the adjacency")
     m.add_argument("--b_hidden_ch", type=int, nargs="+", default=None, help="coupling conv widths")
-    m.add_argument("--b_conv_lu", type=int, choices=[0, 1, 2], default=None,
-                   help="0: 1x1 conv, 1: LU 1x1 conv, 2: none")
+    m.add_argument("--b_conv_lu", type=int, choices=[0, 1, 2], default=None, help="0: 1x1 conv, 1: LU 1x1 conv, 2: none")
     m.add_argument("--a_n_flow", type=int, default=None, help="graph coupling steps on atoms")
-    m.add_argument("--a_n_block", type=int, default=None)
-    m.add_argument("--a_hidden_gnn", type=int, nargs="+", default=None)
-    m.add_argument("--a_hidden_lin", type=int, nargs="+", default=None)
-    m.add_argument("--mask_row_size", type=int, default=None)
-    m.add_argument("--mask_row_stride", type=int, default=None)
+    m.add_argument("--a_n_block", type=int, default=None, help="graph coupling blocks on atoms")
+    m.add_argument("--a_hidden_gnn", type=int, nargs="+", default=None, help="graph conv widths")
+    m.add_argument("--a_hidden_lin", type=int, nargs="+", default=None, help="coupling MLP widths")
+    m.add_argument("--mask_row_size", type=int, default=None, help="atom rows updated per coupling")
+    m.add_argument("--mask_row_stride", type=int, default=None, help="row stride between couplings")
     m.add_argument("--noise_scale", type=float, default=None, help="dequantisation noise scale")
-    m.add_argument("--fixed_prior", action="store_true", help="do not learn the prior variance")
-    t = p.add_argument_group("MoFlow training")
-    t.add_argument("--beta1", type=float, default=0.9)
-    t.add_argument("--beta2", type=float, default=0.99)
-    t.add_argument("--max_steps", type=int, default=None, help="stop after this many training batches")
-    t.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this wall time")
-    t.add_argument("--val_samples", type=int, default=100, help="molecules sampled at each evaluation")
-    t.add_argument("--temperature", type=float, default=0.6, help="sampling temperature for evaluation")
-    t.add_argument("--cuda_graph_warmup", type=int, default=20, help="eager steps before CUDA graph capture")
-    t.add_argument("--no_streams", action="store_true", help="CUDA: run bond and atom flows on one stream")
+    add_bool(m, "--fixed_prior", help="do not learn the prior variance")
+    e = p.add_argument_group("evaluation during training")
+    e.add_argument("--val_samples", "--val_batch_size", dest="val_samples", type=int, default=100,
+                   help="molecules sampled at each evaluation (0: no sampling)")
+    e.add_argument("--val_molecules", type=int, default=1000,
+                   help="validation molecules for val_loss at each evaluation (0: skip)")
+    e.add_argument("--temperature", type=float, default=0.6, help="sampling temperature for evaluation")
+    g = p.add_argument_group("CUDA")
+    g.add_argument("--cuda_graph_warmup", type=int, default=20, help="eager steps before CUDA graph capture")
+    add_bool(g, "--streams", default=True, help="run the bond and atom flows on two CUDA streams (off under --compile)")
     return p
 
 
-def model_config_from_args(args, cache: MoleculeCache):
-    preset = args.config or {"sample": "small"}.get(args.dataset, args.dataset)
-    overrides = {k: getattr(args, k) for k in (
-        "b_n_flow", "b_n_block", "b_n_squeeze", "b_hidden_ch", "b_conv_lu", "a_n_flow", "a_n_block",
-        "a_hidden_gnn", "a_hidden_lin", "mask_row_size", "mask_row_stride", "noise_scale")}
+def model_config_from_args(args, cache: MoleculeCache) -> ModelConfig:
+    preset = args.preset or {"sample": "small"}.get(args.dataset, args.dataset)
+    overrides = {k: getattr(args, k) for k in ARCH_FLAGS}
     overrides.update(max_nodes=cache.spec.max_nodes, num_atom_channels=cache.spec.num_atom_channels)
     if args.fixed_prior:
         overrides["learn_dist"] = False
     return make_model_config(preset, **overrides)
 
 
+def check_flags(args, device) -> None:
+    if args.cuda_graphs:
+        require_cuda_graphs(device)
+        if args.compile:
+            raise ConfigError("--cuda_graphs with --compile is refused until a GPU run shows the pair correct; "
+                              "use one of them")
+    if args.val_samples < 0 or args.val_molecules < 0:
+        raise ConfigError("--val_samples and --val_molecules must be >= 0")
+
+
+def meta_of(config: ModelConfig, cache: MoleculeCache, dataset: str) -> Dict:
+    """What a MoFlow checkpoint is; a resumed run must match it."""
+    return {"recipe": "moflow", "model": "moflow", "config": config.to_dict(), "dataset": dataset,
+            "atoms": list(cache.spec.atomic_nums)}
+
+
+def resume_config(args, state: Dict, cache: MoleculeCache) -> ModelConfig:
+    """The checkpoint's architecture; explicit architecture flags that disagree with it are refused."""
+    meta = state.get("meta", {})
+    if meta.get("recipe") != "moflow":
+        raise CheckpointError(f"checkpoint {args.load_ckpt_path} does not match this run: recipe: checkpoint has "
+                              f"{meta.get('recipe')!r}, this run has 'moflow'")
+    config = ModelConfig.from_dict(meta["config"])
+    asked = {k: getattr(args, k) for k in ARCH_FLAGS if getattr(args, k) is not None}
+    if args.preset:
+        asked = {**MODEL_PRESETS[args.preset], **asked}
+        asked.pop("max_nodes", None)
+        asked.pop("num_atom_channels", None)
+    differ = [f"{k}: checkpoint has {getattr(config, k)!r}, this run has {v!r}" for k, v in asked.items()
+              if getattr(config, k) != v]
+    if differ:
+        raise CheckpointError(f"checkpoint {args.load_ckpt_path} does not match this run: " + "; ".join(differ))
+    return config
+
+
 def graph_flows_for_cuda(model: MoFlow, adj: torch.Tensor, x: torch.Tensor) -> None:
     """Replace both flows by CUDA-graphed callables (static shapes: drop_last batches)."""
     x_in = model.dequantize(x)
     adj_in = model.dequantize(adj)
-    if model.channels_last:
-        adj_in = adj_in.contiguous(memory_format=torch.channels_last)
     torch.cuda.synchronize()
     model.atom_flow = torch.cuda.make_graphed_callables(model.atom_flow, (adj, x_in))
     model.bond_flow = torch.cuda.make_graphed_callables(model.bond_flow, (adj_in,))
     torch.cuda.synchronize()
 
 
-def evaluate_samples(model: MoFlow, args, atomic_nums, precision) -> dict:
+def first_global_batch(dataset, seed: int, batch_size: int, world: int):
+    """The union of every rank's first epoch-0 batch, in the order a single process reads it: rank r
+    reads ``perm[r::world]``, so the ranks' first batches together are ``perm[:batch_size * world]``."""
+    order = EpochSampler(len(dataset), shuffle=True, seed=seed).indices(0)
+    items = [dataset[i] for i in order[:batch_size * world].tolist()]
+    return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+
+
+def initialised_model(config: ModelConfig, dataset, seed: int, batch_size: int, world: int, device) -> MoFlow:
+    """The model every rank starts from: built under ``seed`` (not ``seed + rank``), ActNorm initialised
+    by one pass over the first global batch, so it equals the single-process model with batch
+    ``batch_size * world``."""
+    seed_everything(seed)
+    model = MoFlow(config).to(device)
+    x0, adj0 = first_global_batch(dataset, seed, batch_size, world)
+    n_init = initialize_actnorm(model, adj0.to(device), x0.to(device))
+    if is_main_process():
+        print(f"initialised {n_init} ActNorm layers from the first global batch of {len(x0)} molecules", flush=True)
+    return model
+
+
+@torch.no_grad()
+def validation_nll(model: MoFlow, cache: MoleculeCache, n: int, batch_size: int, device, precision) -> Dict[str, float]:
+    """Mean NLL (bits/dim) of the first ``n`` validation molecules, each evaluated exactly once over all ranks."""
+    from runtime.distributed import get_rank, get_world_size
+
+    data = cache.subset("valid")
+    n = min(n, len(data))
+    if n == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    shard = ShardSampler(n, get_world_size(), get_rank())
+    loader = make_loader(data, batch_size, shard, device=device)
+    for x, adj in loader:
+        x, adj = x.to(device, non_blocking=True), adj.to(device, non_blocking=True)
+        with precision.autocast():
+            nll_x, nll_adj = model.nll(*model(adj, x, dequantize=True), reduce=False)
+        sums += torch.stack([(nll_x + nll_adj).sum(), nll_x.sum(), nll_adj.sum(),
+                             torch.tensor(float(len(x)), device=device)]).double()
+    all_reduce_sum(sums)
+    model.train(was_training)
+    loss, nll_x, nll_adj, count = sums.tolist()
+    return {"val_loss": loss / count, "val_nll_x": nll_x / count, "val_nll_adj": nll_adj / count}
+
+
+def sample_metrics(model: MoFlow, args, atomic_nums, precision) -> Dict[str, float]:
+    was_training = model.training
     model.eval()
     raw, corrected = sample_smiles(model, args.val_samples, args.temperature, atomic_nums,
                                    batch_size=args.val_samples, precision=precision)
-    model.train()
+    model.train(was_training)
     valid = [s for s in raw if s]
-    return {"valid_without_correction": 100.0 * len(valid) / len(raw),
-            "unique_without_correction": 100.0 * len(set(valid)) / max(len(valid), 1),
-            "valid": 100.0 * sum(s is not None for s in corrected) / len(corrected)}
+    return {"validity_without_correction": 100.0 * len(valid) / len(raw),
+            "validity": 100.0 * sum(s is not None for s in corrected) / len(corrected),
+            "uniqueness": 100.0 * len(set(valid)) / max(len(valid), 1)}
 
 
-def train(args: argparse.Namespace) -> MoFlow:
+def train(args) -> MoFlow:
     """Run training as configured by ``args``; returns the trained (unwrapped) model."""
-    env = init_distributed()
+    env = init_distributed(timeout_minutes=args.dist_timeout)
     device = env.device
-    if args.cuda_graphs:
-        require_cuda_graphs(device)
-    set_tf32(args.tf32)
-    seed_everything(args.seed, env.rank)
-    logger = setup_logger(args.log_dir, wandb=args.wandb, wandb_project=args.wandb_project,
-                          tensorboard=args.tensorboard, silent=args.silent, run_name="moflow")
+    check_flags(args, device)
+    if args.tf32 is not None:
+        set_tf32(args.tf32)
+    save_path = args.save_ckpt_path
+    if save_path is None:
+        save_path = os.path.join(args.log_dir, "moflow.pt")
+    if args.benchmark:
+        save_path = ""
+    ensure_writable_dir(args.log_dir, "--log_dir")
+    if save_path:
+        ensure_writable_dir(os.path.dirname(os.path.abspath(save_path)), "--save_ckpt_path")
 
     cache = MoleculeCache(args.data_dir, args.dataset)
-    resume = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
-    if resume is not None:  # the checkpoint's architecture wins over command-line defaults
-        from moflow.config import ModelConfig
-        config = ModelConfig.from_dict(resume["extra"]["model_config"])
-        if resume["extra"].get("atomic_nums") != cache.spec.atomic_nums or config.max_nodes != cache.spec.max_nodes:
-            raise ValueError(f"checkpoint {args.load_ckpt_path} was trained on another atom set / node count "
-                             f"than {args.dataset} in {args.data_dir}")
+    state = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
+    resuming = state is not None and not args.finetune
+    if resuming:
+        config = resume_config(args, state, cache)
     else:
         config = model_config_from_args(args, cache)
-    model = MoFlow(config).to(device)
-    model.channels_last = device.type == "cuda"
+    meta = meta_of(config, cache, args.dataset)
+
     train_set = cache.subset("train")
     world = env.world_size
-    drop_last = len(train_set) >= args.batch_size * world
-    sampler = make_sampler(train_set, shuffle=True, seed=args.seed, drop_last=drop_last)
-    shuffle_rng = torch.Generator()
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=args.num_workers, drop_last=drop_last, pin_memory=device.type == "cuda",
-                        generator=shuffle_rng)
-
-    optimizer = make_optimizer(args.optimizer, model.parameters(), lr=args.learning_rate,
-                               weight_decay=args.weight_decay, betas=(args.beta1, args.beta2))
-    precision = Precision(args.amp, device, args.amp_dtype)
-    epoch, step = 0, 0
-    if resume is not None:
-        state = load_checkpoint(args.load_ckpt_path, model, optimizer, precision=precision, map_location=device,
-                                restore_rng=True)
-        epoch, step = state["epoch"], state["step"]
+    if state is None:
+        model = initialised_model(config, train_set, args.seed, args.batch_size, world, device)
     else:
-        x0, adj0 = next(iter(loader))
-        n_init = initialize_actnorm(model, adj0.to(device), x0.to(device), reduce_mean=all_reduce_mean)
-        if is_main_process():
-            print(f"initialised {n_init} ActNorm layers from a batch of {len(x0)} molecules")
+        seed_everything(args.seed)  # rank-independent: every rank builds the same model
+        model = MoFlow(config).to(device)
+    drop_last = len(train_set) >= args.batch_size * world
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=args.seed, num_replicas=world, rank=env.rank,
+                           drop_last=drop_last)
+    loader = make_loader(train_set, args.batch_size, sampler, num_workers=resolve_num_workers(args.num_workers, device),
+                         device=device, drop_last=drop_last)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), lr=args.learning_rate,
+                               weight_decay=args.weight_decay, betas=optimizer_betas(args))
+    precision = Precision(args.amp, device, args.amp_dtype)
+    position = Position()
+    if state is not None:
+        expect = {"recipe": "moflow", "atoms": meta["atoms"]}
+        if resuming:
+            expect.update(config=meta["config"], dataset=args.dataset)
+            info = load_checkpoint(args.load_ckpt_path, model, optimizer, precision=precision, expect=expect,
+                                   state=state)
+            position = Position(info["epoch"], info["batch"], info["step"])
+        else:  # --finetune: the weights only, on a dataset with the same atom set
+            load_checkpoint(args.load_ckpt_path, model, expect=expect, state=state)
+    seed_everything(args.seed, env.rank)
 
+    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
+                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
+                          run_name="moflow", recipe="moflow", append=resuming)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.log_params({**vars(args), "model_config": config.to_dict(), "parameters": n_params,
-                       "train_molecules": len(train_set), "world_size": world})
-    for name, unit in (("loss", None), ("nll_x", None), ("nll_adj", None)):
-        logger.log_metadata(name, {"unit": unit, "format": ":.4f"})
-    model.use_streams = device.type == "cuda" and not args.no_streams
-    objective = maybe_compile(wrap_ddp(MoFlowObjective(model)), args.compile)
-    meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup if args.benchmark else 5)
-    max_steps = args.max_steps
-    if args.benchmark:
-        max_steps = step + args.benchmark_warmup + args.benchmark_steps
-    start_time = time.time()
+    logger.log_params({**vars(args), "save_ckpt_path": save_path, "model_config": config.to_dict(),
+                       "parameters": n_params, "train_molecules": len(train_set), "world_size": world})
+    if resuming:
+        logger.log((), {"resumed_from": args.load_ckpt_path, "epochs": position.epoch, "steps": position.step})
+    model.use_streams = device.type == "cuda" and args.streams and not args.compile
+    ddp = wrap_ddp(MoFlowObjective(model))
+    objective = maybe_compile(ddp, args.compile)
+    graphed = {"done": False, "steps": 0}
+    accumulate = args.accumulate_grad_batches
 
-    graphed = False
-    stop = False
-    batches_seen = 0  # optimizer steps happen every --accumulate_grad_batches batches
-    model.train()
-    while (epoch < args.epochs or args.benchmark) and not stop:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        shuffle_rng.manual_seed(args.seed * 100003 + epoch)  # same order whether resumed or not
-        for x, adj in progress(loader, desc=f"epoch {epoch}", silent=args.silent):
-            x, adj = x.to(device, non_blocking=True), adj.to(device, non_blocking=True)
-            if args.cuda_graphs and not graphed and step >= args.cuda_graph_warmup and len(x) == args.batch_size:
-                barrier()
-                with precision.autocast(cache_enabled=False):
-                    graph_flows_for_cuda(model, adj, x)
-                graphed = True
-            meter.start()
-            with precision.autocast(cache_enabled=not graphed):  # graphed callables need the autocast cache off
-                loss, nll_x, nll_adj = objective(adj, x)
-            # checking every step would synchronise CUDA each step; there, check at logging steps
-            if (device.type == "cpu" or (step + 1) % args.log_every == 0) and not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}); "
-                                         "lower --learning_rate or check the data")
-            accumulate = args.accumulate_grad_batches
-            precision.backward(loss / accumulate if accumulate > 1 else loss)
-            batches_seen += 1
-            if batches_seen % accumulate == 0:
-                precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
-                optimizer.zero_grad(set_to_none=True)
-            meter.stop(len(x) * world)
-            step += 1
-            if step % args.log_every == 0:
-                stats = torch.stack([loss.detach().float(), nll_x.float(), nll_adj.float()])
-                stats = all_reduce_mean(stats).tolist()
-                logger.log((epoch, step), {"loss": stats[0], "nll_x": stats[1], "nll_adj": stats[2],
-                                           "ln_var": model.ln_var.item()})
-            out_of_time = args.max_minutes is not None and (time.time() - start_time) / 60 > args.max_minutes
-            if (max_steps is not None and step >= max_steps) or out_of_time:
-                stop = True
-                break
-        if not stop:
-            epoch += 1
-        if args.benchmark:
-            continue
-        finished = stop or epoch >= args.epochs
-        if is_main_process() and args.eval_interval > 0 and (epoch % args.eval_interval == 0 or finished) \
-                and args.val_samples > 0:
-            logger.log((epoch,), evaluate_samples(model, args, cache.spec.atomic_nums, precision))
-        if args.save_ckpt_path and ((args.ckpt_interval > 0 and epoch % args.ckpt_interval == 0) or finished):
-            save_checkpoint(args.save_ckpt_path, model, optimizer, precision=precision, epoch=epoch, step=step,
-                            extra={"model_config": config.to_dict(), "atomic_nums": cache.spec.atomic_nums,
-                                   "dataset": args.dataset, "data_dir": os.path.abspath(args.data_dir)},
+    def forward_backward(batch, scale: float):
+        x, adj = (t.to(device, non_blocking=True) for t in batch)
+        if args.cuda_graphs and not graphed["done"] and graphed["steps"] >= args.cuda_graph_warmup \
+                and len(x) == args.batch_size:
+            with precision.autocast(cache_enabled=False):
+                graph_flows_for_cuda(model, adj, x)
+            graphed["done"] = True
+            if accumulate > 1:  # graphed backward returns views of static buffers: never let p.grad alias one
+                materialize_grads(model.parameters())
+        with precision.autocast(cache_enabled=not graphed["done"]):  # graphed callables need the cache off
+            loss, nll_x, nll_adj = objective(adj, x)
+        precision.backward(loss * scale)
+        return {"loss": loss.detach(), "nll_x": nll_x, "nll_adj": nll_adj}
+
+    def optimizer_step():
+        norm = precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
+        keep_grads = graphed["done"] and accumulate > 1
+        optimizer.zero_grad(set_to_none=not keep_grads)
+        graphed["steps"] += 1
+        out = {"prior_ln_var": model.ln_var.detach().reshape(())}
+        if norm is not None:
+            out["grad_norm"] = norm
+        return out
+
+    def evaluate(epoch: int, scheduled: bool) -> Dict[str, float]:
+        metrics = {}
+        if args.val_molecules > 0:
+            metrics.update(validation_nll(model, cache, args.val_molecules, args.batch_size, device, precision))
+        if args.val_samples > 0 and is_main_process():
+            metrics.update(sample_metrics(model, args, cache.spec.atomic_nums, precision))
+        return metrics
+
+    def save(pos: Position) -> None:
+        if save_path:
+            save_checkpoint(save_path, model, optimizer, precision=precision, meta=meta, epoch=pos.epoch,
+                            batch=pos.batch, step=pos.step, extra={"data_dir": os.path.abspath(args.data_dir)},
                             keep_last=args.keep_last)
-            barrier()
-    meter.log(logger, prefix="train")
-    logger.log((), {"epochs": epoch, "steps": step, "minutes": (time.time() - start_time) / 60})
+
+    meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None
+    loop = TrainLoop(LoopConfig.from_args(args, seed_rank=env.rank, replicas=world), loader, sampler, logger,
+                     forward_backward=forward_backward, optimizer_step=optimizer_step, batch_items=lambda b: len(b[0]),
+                     lr=lambda: optimizer.param_groups[0]["lr"], evaluate=None if args.benchmark else evaluate,
+                     save=save, no_sync=getattr(ddp, "no_sync", None), meter=meter)
+    result = loop.run(position)
+    if args.benchmark:
+        logger.log((), {"peak_memory_mb": peak_memory_mb(device)})
+    if args.cuda_graphs and not graphed["done"]:
+        logger.log((), {"stop_reason": f"{result['stop_reason']} (no CUDA graph was captured: no full batch of "
+                                       f"{args.batch_size} arrived after {args.cuda_graph_warmup} warm-up steps)"})
     logger.close()
     shutdown()
     return model
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list] = None) -> int:
     train(build_parser().parse_args(argv))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

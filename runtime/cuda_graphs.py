@@ -1,26 +1,46 @@
-"""CUDA graph capture of a whole training or inference step with static inputs.
+"""CUDA graphs: the rules this project follows, and the two helpers it uses.
 
-The step is run a few times on a side stream (so lazy allocations, cuDNN autotuning and the
-optimizer's state initialisation happen outside the graph), then captured once. Replaying the graph
-reruns every kernel of the step on whatever data was copied into the static input tensors.
+- Training graphs the *model* (``torch.cuda.make_graphed_callables``: forward and backward), and
+  keeps the optimizer step eager: the GradScaler reads its inf check on the host and the optimizers
+  are not created capturable, so a whole-step capture would fail or be wrong.
+- A graphed backward returns detached *views of static buffers* as gradients. With gradient
+  accumulation, AccumulateGrad would keep the first one as ``p.grad`` and the next replay would
+  overwrite it in place, accumulating ``2 * g_last`` instead of ``g1 + g2``. So while graphed with
+  accumulation, gradients are never None (:func:`materialize_grads`, ``zero_grad(set_to_none=False)``):
+  AccumulateGrad then adds into our own buffers.
+- Inference steps are captured whole with :func:`capture_inference` (no optimizer, no host reads).
+- Every CUDA-only entry raises :class:`~runtime.errors.ConfigError` on CPU (:func:`require_cuda_graphs`).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
+
+from runtime.errors import ConfigError
 
 
 def require_cuda_graphs(device) -> None:
     """Raise a clear error when CUDA graphs cannot be used on ``device``."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
-        raise RuntimeError("--cuda_graphs needs a CUDA device; this run is on "
-                           f"{device.type}. Drop --cuda_graphs to run without graph capture.")
+        raise ConfigError("--cuda_graphs needs a CUDA device; this run is on "
+                          f"{device.type}. Drop --cuda_graphs to run without graph capture.")
+
+
+def materialize_grads(params: Iterable[torch.nn.Parameter]) -> None:
+    """Give every parameter a zero gradient buffer where it has none (see the module rules)."""
+    for p in params:
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 class GraphedStep:
-    """A captured step: copy new inputs into the static tensors, replay, return static outputs."""
+    """A captured inference step: copy new inputs into the static tensors, replay, return static outputs.
+
+    The outputs are the graph's static buffers: the next replay overwrites them, so consume (or
+    clone) them before calling again.
+    """
 
     def __init__(self, graph: "torch.cuda.CUDAGraph", static_inputs: Sequence[torch.Tensor], static_outputs):
         self.graph = graph
@@ -39,22 +59,22 @@ class GraphedStep:
         return self.static_outputs
 
 
-def capture_step(step_fn: Callable, static_inputs: Sequence[torch.Tensor], warmup_iters: int = 3) -> GraphedStep:
-    """Warm ``step_fn(*static_inputs)`` up on a side stream, then capture it into a CUDA graph.
-
-    ``step_fn`` must do the whole step (forward, backward, optimizer step) on tensors that live
-    across calls; the optimizer should be created with ``capturable=True`` when it supports it.
-    """
-    if not static_inputs:
-        raise ValueError("capture_step needs at least one static input tensor")
-    require_cuda_graphs(static_inputs[0].device)
+@torch.no_grad()
+def capture_inference(fn: Callable, example_inputs: Sequence[torch.Tensor], warmup_iters: int = 3) -> GraphedStep:
+    """Warm ``fn(*inputs)`` up on a side stream (lazy allocations, cuDNN autotuning happen outside the
+    graph), then capture it once. ``fn`` must be free of host synchronisation (no ``.item()``,
+    no data-dependent shapes); randomness is allowed (CUDA graphs are RNG-safe in PyTorch)."""
+    if not example_inputs:
+        raise ValueError("capture_inference needs at least one input tensor")
+    require_cuda_graphs(example_inputs[0].device)
+    static_inputs = [t.clone() for t in example_inputs]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(warmup_iters):
-            step_fn(*static_inputs)
+            fn(*static_inputs)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_outputs = step_fn(*static_inputs)
+        static_outputs = fn(*static_inputs)
     return GraphedStep(graph, static_inputs, static_outputs)

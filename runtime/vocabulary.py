@@ -27,7 +27,8 @@ checkpoint that carries its own config) and ``python -m PKG.predict`` (outputs t
 Metric names (snake_case):
 
 - ``{split}_loss`` and ``{split}_{metric}`` with split in ``train``, ``val``, ``test`` and metric
-  from :data:`RECIPE_METRICS`;
+  from :data:`RECIPE_METRICS`; a bare ``{metric}`` is a property of generated samples or
+  predictions that no split defines (MoFlow's validity, uniqueness, novelty, ...);
 - ``{split}_{metric}_baseline_{name}``: a trivial predictor's score (``mean``: the training mean;
   ``linref``: per-element linear reference energies; ``zero``: zero forces);
 - ``{phase}_throughput`` (molecules/s, or structures/s for graph_parallel) and
@@ -81,6 +82,8 @@ def metric_spec(recipe: str, name: str) -> Spec:
         raise KeyError(f"unknown recipe {recipe!r}; choose from {RECIPES}")
     if name in COMMON:
         return COMMON[name]
+    if name in RECIPE_METRICS[recipe]:  # a metric of generated samples or predictions: no split
+        return RECIPE_METRICS[recipe][name]
     items = ITEMS[recipe]
     metrics = RECIPE_METRICS[recipe]
     split = "|".join(SPLITS)

@@ -40,7 +40,6 @@ class MoFlow(nn.Module):
             self.ln_var = nn.Parameter(torch.zeros(1))
         else:
             self.register_buffer("ln_var", torch.zeros(1))
-        self.channels_last = False  # Glow input layout; set True on CUDA
         self.use_streams = False    # run bond and atom flows on two CUDA streams
         self._streams = None
 
@@ -52,8 +51,6 @@ class MoFlow(nn.Module):
         dequantize = self.training if dequantize is None else dequantize
         x_in = self.dequantize(x) if dequantize else x
         adj_in = self.dequantize(adj) if dequantize else adj
-        if self.channels_last:
-            adj_in = adj_in.contiguous(memory_format=torch.channels_last)
         if self.use_streams and adj.is_cuda:
             return self._forward_two_streams(adj, adj_in, x_in)
         z_x, logdet_x = self.atom_flow(adj, x_in)
@@ -79,12 +76,13 @@ class MoFlow(nn.Module):
             t.record_stream(main)
         return z_x, z_adj, logdet_x, logdet_adj
 
-    def nll(self, z_x, z_adj, logdet_x, logdet_adj) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mean negative log-likelihood in bits per dimension for atoms and bonds."""
+    def nll(self, z_x, z_adj, logdet_x, logdet_adj, reduce: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood in bits per dimension for atoms and bonds: batch means, or per
+        molecule ``[B]`` with ``reduce=False``."""
         a_dim, b_dim = self.config.atom_dim, self.config.bond_dim
-        nll_x = (gaussian_nll(z_x, self.ln_var) - logdet_x.float()).mean() / (a_dim * math.log(2.0))
-        nll_adj = (gaussian_nll(z_adj, self.ln_var) - logdet_adj.float()).mean() / (b_dim * math.log(2.0))
-        return nll_x, nll_adj
+        nll_x = (gaussian_nll(z_x, self.ln_var) - logdet_x.float()) / (a_dim * math.log(2.0))
+        nll_adj = (gaussian_nll(z_adj, self.ln_var) - logdet_adj.float()) / (b_dim * math.log(2.0))
+        return (nll_x.mean(), nll_adj.mean()) if reduce else (nll_x, nll_adj)
 
     def sample_latent(self, batch_size: int, temperature: float = 0.7,
                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -103,8 +101,6 @@ class MoFlow(nn.Module):
         b, n = z.shape[0], c.max_nodes
         z_x = z[:, :c.atom_dim].reshape(b, n, c.num_atom_channels)
         z_adj = z[:, c.atom_dim:].reshape(b, c.num_bond_channels, n, n)
-        if self.channels_last:
-            z_adj = z_adj.contiguous(memory_format=torch.channels_last)
         adj_h = self.bond_flow.reverse(z_adj)
         adj_h = (adj_h + adj_h.transpose(2, 3)) / 2  # bonds are symmetric
         adj = F.one_hot(adj_h.argmax(1), c.num_bond_channels).permute(0, 3, 1, 2).to(z.dtype)

@@ -19,9 +19,9 @@ for r in read_dllogger(sys.argv[1]):
     if r["type"] == "LOG" and "inference_throughput" in r["data"]:
         d = r["data"]
         print(f"throughput {d['inference_throughput']:.1f} molecules/s | latency mean "
-              f"{d['inference_latency_mean_ms']:.1f} ms p50 {d['inference_latency_p50_ms']:.1f} "
-              f"p90 {d['inference_latency_p90_ms']:.1f} p95 {d['inference_latency_p95_ms']:.1f} "
-              f"p99 {d['inference_latency_p99_ms']:.1f} ms")
+              f"{d['inference_latency_mean']:.1f} ms p50 {d['inference_latency_p50']:.1f} "
+              f"p90 {d['inference_latency_p90']:.1f} p95 {d['inference_latency_p95']:.1f} "
+              f"p99 {d['inference_latency_p99']:.1f} ms")
 PY
     done
 done

@@ -11,7 +11,7 @@ for bs in ${BATCH_SIZES:-64 128}; do
     for amp in "" "--amp"; do
         tag="train_bs${bs}${amp:+_amp}"
         echo "=== training benchmark: config=${CONFIG} batch_size=${bs} ${amp:-fp32} ==="
-        python -m moflow.train --dataset "$DATASET" --data_dir "$DATA_DIR" --config "$CONFIG" \
+        python -m moflow.train --dataset "$DATASET" --data_dir "$DATA_DIR" --preset "$CONFIG" \
             --batch_size "$bs" $amp --benchmark --benchmark_warmup "${WARMUP:-3}" \
             --benchmark_steps "${STEPS:-10}" --val_samples 0 --save_ckpt_path "" --silent \
             --log_dir "$OUT/$tag" "$@"
@@ -21,9 +21,9 @@ from runtime.logging import read_dllogger
 for r in read_dllogger(sys.argv[1]):
     if r["type"] == "LOG" and "train_throughput" in r["data"]:
         d = r["data"]
-        print(f"throughput {d['train_throughput']:.1f} molecules/s | latency mean {d['train_latency_mean_ms']:.1f} ms "
-              f"p50 {d['train_latency_p50_ms']:.1f} p90 {d['train_latency_p90_ms']:.1f} "
-              f"p95 {d['train_latency_p95_ms']:.1f} p99 {d['train_latency_p99_ms']:.1f} ms")
+        print(f"throughput {d['train_throughput']:.1f} molecules/s | latency mean {d['train_latency_mean']:.1f} ms "
+              f"p50 {d['train_latency_p50']:.1f} p90 {d['train_latency_p90']:.1f} "
+              f"p95 {d['train_latency_p95']:.1f} p99 {d['train_latency_p99']:.1f} ms")
 PY
     done
 done

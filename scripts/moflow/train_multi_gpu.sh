@@ -3,7 +3,8 @@
 #   NPROC=8 DATASET=zinc250k bash scripts/moflow/train_multi_gpu.sh --amp --epochs 300 --batch_size 512
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-NPROC="${NPROC:-$( (command -v nvidia-smi >/dev/null && nvidia-smi -L | wc -l) || echo 2)}"
+# torch counts the GPUs it can use (honours CUDA_VISIBLE_DEVICES); no GPU: 2 CPU processes
+NPROC="${NPROC:-$(python -c "import torch; print(torch.cuda.device_count() or 2)")}"
 DATA_DIR="${DATA_DIR:-data/moflow}"
 DATASET="${DATASET:-zinc250k}"
 LOG_DIR="${LOG_DIR:-results/moflow}"

@@ -24,7 +24,7 @@ def data_dir(tmp_path_factory):
 def _train(data_dir, run_dir, *extra):
     args = train.build_parser().parse_args(
         ["--data_dir", data_dir, "--log_dir", str(run_dir), "--save_ckpt_path", str(run_dir / "moflow.pt"),
-         "--log_every", "1", *TINY, *extra])
+         "--log_interval", "1", *TINY, *extra])
     return train.train(args)
 
 
@@ -33,7 +33,7 @@ def test_train_resume_generate_evaluate(data_dir, tmp_path):
     _train(data_dir, run, "--epochs", "1", "--val_samples", "8")
     ckpt = read_checkpoint(str(run / "moflow.pt"))
     assert ckpt["position"]["epoch"] == 1 and ckpt["position"]["step"] == 2
-    assert ckpt["extra"]["model_config"]["b_hidden_ch"] == [16]
+    assert ckpt["meta"]["config"]["b_hidden_ch"] == [16] and ckpt["meta"]["recipe"] == "moflow"
 
     model = _train(data_dir, run, "--epochs", "2", "--load_ckpt_path", str(run / "moflow.pt"),
                    "--val_samples", "8")
@@ -41,7 +41,7 @@ def test_train_resume_generate_evaluate(data_dir, tmp_path):
     assert ckpt["position"]["epoch"] == 2 and ckpt["position"]["step"] == 4
     assert model.ln_var.item() != 0.0  # the prior variance is learned
     records = read_dllogger(str(run / "log.json"))
-    losses = [r["data"]["loss"] for r in records if r["type"] == "LOG" and "loss" in r.get("data", {})]
+    losses = [r["data"]["train_loss"] for r in records if r["type"] == "LOG" and len(r.get("step", [])) == 2]
     assert len(losses) == 4 and all(map(lambda v: v == v, losses))
 
     out = tmp_path / "gen"
@@ -52,39 +52,65 @@ def test_train_resume_generate_evaluate(data_dir, tmp_path):
     assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     evaluate.main(["--load_ckpt_path", str(run / "moflow.pt"), "--log_dir", str(out), "--num_samples", "16",
-                   "--reconstruct_samples", "20", "--output", str(out / "metrics.json"), "--silent"])
+                   "--num_molecules", "20", "--output", str(out / "metrics.json"), "--silent"])
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("validity", "validity_without_correction", "uniqueness", "novelty", "nuv"):
         assert 0.0 <= metrics[key] <= 100.0
-    assert metrics["reconstruction"] == 100.0  # the flow is exactly invertible
+    assert metrics["val_reconstruction"] == 100.0  # the flow is exactly invertible
+    assert metrics["val_loss"] > 0
 
 
-def test_resume_matches_uninterrupted_training(data_dir, tmp_path):
-    common = ["--val_samples", "0", "--seed", "3"]
-    straight = _train(data_dir, tmp_path / "a", "--epochs", "2", *common)
-    _train(data_dir, tmp_path / "b", "--epochs", "1", *common)
+@pytest.mark.parametrize("stop", [["--epochs", "1"], ["--max_steps", "3"]])  # epoch end; mid-epoch
+def test_resume_matches_uninterrupted_training(data_dir, tmp_path, stop):
+    common = ["--val_samples", "4", "--val_molecules", "8", "--seed", "3"]
+    straight = _train(data_dir, tmp_path / "a", "--epochs", "3", *common)
+    _train(data_dir, tmp_path / "b", *(stop if "--epochs" in stop else ["--epochs", "3", *stop]), *common)
     ckpt = read_checkpoint(str(tmp_path / "b" / "moflow.pt"))
+    if "--max_steps" in stop:
+        assert ckpt["position"] == {"epoch": 1, "batch": 1, "step": 3}  # 2 batches per epoch: stopped mid-epoch
     # the optimizer state covers every parameter, the prior log-variance included
     n_params = len(list(straight.parameters()))
     assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == n_params
     assert len(ckpt["optimizer"]["state"]) == n_params
-    resumed = _train(data_dir, tmp_path / "b", "--epochs", "2", "--load_ckpt_path",
+    resumed = _train(data_dir, tmp_path / "b", "--epochs", "3", "--load_ckpt_path",
                      str(tmp_path / "b" / "moflow.pt"), *common)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        torch.testing.assert_close(p, q, msg=f"{name} differs after resume")
+        assert torch.equal(p, q), f"{name} differs after resume"
+    log_a, log_b = (read_dllogger(str(tmp_path / d / "log.json")) for d in "ab")
+    steps = lambda log: {tuple(r["step"]): r["data"]["train_loss"] for r in log if len(r.get("step", [])) == 2}
+    assert steps(log_a) == steps(log_b)  # every step's loss, before and after the interruption
 
 
 def test_bad_inputs_fail_clearly(data_dir, tmp_path):
-    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+    from runtime.checkpoint import save_checkpoint
+    from runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
         _train(data_dir, tmp_path, "--epochs", "1", "--cuda_graphs")
     with pytest.raises(FileNotFoundError, match="moflow.preprocess"):
         _train(str(tmp_path / "nowhere"), tmp_path, "--epochs", "1")
+    assert not (tmp_path / "nowhere").exists()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         _train(data_dir, tmp_path, "--epochs", "1", "--load_ckpt_path", str(bad))
     with pytest.raises(CheckpointError):
         generate.main(["--load_ckpt_path", str(bad), "--log_dir", str(tmp_path)])
+    foreign = tmp_path / "gp.pt"  # another recipe's checkpoint
+    save_checkpoint(str(foreign), torch.nn.Linear(2, 2), meta={"recipe": "graph_parallel", "model": "dimenetpp"})
+    with pytest.raises(CheckpointError, match="recipe: checkpoint has 'graph_parallel', this run has 'moflow'"):
+        _train(data_dir, tmp_path, "--epochs", "1", "--load_ckpt_path", str(foreign))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="--save_ckpt_path: cannot write"):  # found before any training
+        _train(data_dir, tmp_path, "--epochs", "1", "--save_ckpt_path", str(blocker / "sub" / "m.pt"))
+
+
+def test_resume_refuses_other_architecture_flags(data_dir, tmp_path):
+    _train(data_dir, tmp_path, "--epochs", "1", "--val_samples", "0")
+    with pytest.raises(CheckpointError, match="b_n_flow: checkpoint has 2, this run has 3"):
+        _train(data_dir, tmp_path, "--epochs", "2", "--load_ckpt_path", str(tmp_path / "moflow.pt"),
+               "--b_n_flow", "3")
 
 
 def test_benchmark_mode_reports_throughput(data_dir, tmp_path, capsys):
@@ -110,7 +136,7 @@ def test_interpolation_endpoints_are_the_inputs(data_dir, tmp_path):
 def test_gradient_accumulation_steps_optimizer_every_k_batches(data_dir, tmp_path):
     _train(data_dir, tmp_path, "--epochs", "2", "--accumulate_grad_batches", "2", "--val_samples", "0")
     ckpt = read_checkpoint(str(tmp_path / "moflow.pt"))
-    assert ckpt["position"]["step"] == 4  # batches
+    assert ckpt["position"]["step"] == 2  # optimizer steps: 2 epochs x 2 batches / 2
     adam_steps = {float(s["step"]) for s in ckpt["optimizer"]["state"].values()}
     assert adam_steps == {2.0}  # one optimizer step per two batches
 
@@ -145,6 +171,6 @@ def test_cuda_streams_graphs_and_fp16_train(data_dir, tmp_path):
                    "--val_samples", "8")
     assert next(model.parameters()).is_cuda
     records = read_dllogger(str(run / "log.json"))
-    losses = [r["data"]["loss"] for r in records if r["type"] == "LOG" and "loss" in r.get("data", {})]
+    losses = [r["data"]["train_loss"] for r in records if r["type"] == "LOG" and "train_loss" in r.get("data", {})]
     assert losses and all(isinstance(v, float) and v == v for v in losses)
     assert read_checkpoint(str(run / "moflow.pt"))["precision"].get("scaler")

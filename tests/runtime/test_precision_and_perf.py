@@ -5,7 +5,7 @@ from torch import nn
 
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.compile import maybe_compile
-from runtime.cuda_graphs import capture_step, require_cuda_graphs
+from runtime.cuda_graphs import capture_inference, materialize_grads, require_cuda_graphs
 from runtime.logging import read_dllogger, setup_logger
 from runtime.precision import Precision
 
@@ -54,31 +54,53 @@ def test_fp16_scaler_on_cuda():
 
 
 def test_cuda_graphs_refuse_cleanly_on_cpu():
-    with pytest.raises(RuntimeError, match="--cuda_graphs needs a CUDA device"):
+    from runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--cuda_graphs needs a CUDA device"):
         require_cuda_graphs("cpu")
-    with pytest.raises(RuntimeError, match="needs a CUDA device"):
-        capture_step(lambda x: x * 2, (torch.ones(2),))
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        capture_inference(lambda x: x * 2, (torch.ones(2),))
+
+
+class _GraphedAnalogue(torch.autograd.Function):
+    """CPU analogue of a make_graphed_callables backward: gradients are views of one static buffer
+    that the next "replay" overwrites."""
+
+    static = torch.zeros(3)
+
+    @staticmethod
+    def forward(ctx, w, x):
+        ctx.save_for_backward(x)
+        return (w * x).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        _GraphedAnalogue.static.copy_(grad * x)
+        return _GraphedAnalogue.static.detach(), None
+
+
+def test_graphed_gradient_accumulation_aliasing_and_its_fix():
+    w = nn.Parameter(torch.ones(3))
+    x1, x2 = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0])
+    _GraphedAnalogue.apply(w, x1).backward()
+    _GraphedAnalogue.apply(w, x2).backward()
+    assert torch.equal(w.grad, 2 * x2)  # the silent error: p.grad aliased the static buffer
+    w.grad = None
+    materialize_grads([w])  # the fix used while graphed with --accumulate_grad_batches > 1
+    _GraphedAnalogue.apply(w, x1).backward()
+    _GraphedAnalogue.apply(w, x2).backward()
+    assert torch.equal(w.grad, x1 + x2)
 
 
 @pytest.mark.cuda
-def test_cuda_graph_capture_replays_training_step():
-    torch.manual_seed(0)
-    model = nn.Linear(4, 1).cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(8, 4, device="cuda"), torch.randn(8, 1, device="cuda")
-
-    def step(xs, ys):
-        opt.zero_grad(set_to_none=False)
-        loss = nn.functional.mse_loss(model(xs), ys)
-        loss.backward()
-        opt.step()
-        return loss
-
-    graphed = capture_step(step, (x.clone(), y.clone()))
-    first = graphed(x, y).item()
-    for _ in range(20):
-        last = graphed(x, y).item()
-    assert last < first
+def test_cuda_graph_inference_capture_replays():
+    model = nn.Linear(4, 2).cuda().eval()
+    x = torch.randn(8, 4, device="cuda")
+    graphed = capture_inference(model, (x,))
+    for _ in range(3):
+        new = torch.randn(8, 4, device="cuda")
+        torch.testing.assert_close(graphed(new), model(new))
 
 
 def test_maybe_compile_switch():
