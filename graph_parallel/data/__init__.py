@@ -4,6 +4,7 @@ from pathlib import Path
 
 from .records import FIELDS, NonFiniteDataError, frame_to_tensors, validate_frame
 from .safe_pickle import load_record
+from .lmdb_files import close_lmdb_files
 from .oc20_lmdb import LmdbDataset, write_lmdb
 from .ase_lmdb import AseLmdbDataset
 from .ase_db import AseDbDataset, frame_from_atoms
@@ -13,6 +14,6 @@ from .batch import Collater, S2EFBatch, collate_frames
 
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parent / "emt_small"
 
-__all__ = ["FIELDS", "NonFiniteDataError", "validate_frame", "frame_to_tensors", "load_record", "LmdbDataset",
+__all__ = ["FIELDS", "NonFiniteDataError", "validate_frame", "frame_to_tensors", "load_record", "close_lmdb_files", "LmdbDataset",
            "write_lmdb", "AseLmdbDataset", "AseDbDataset", "frame_from_atoms", "open_dataset", "detect_format",
            "find_split", "radius_graph_pbc", "Collater", "S2EFBatch", "collate_frames", "EMBEDDED_DATA_DIR"]

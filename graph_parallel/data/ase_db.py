@@ -18,6 +18,7 @@ import torch
 from ase.constraints import FixAtoms
 from ase.db.jsondb import JSONDatabase
 from ase.db.sqlite import SQLite3Database
+from ase.io.formats import UnknownFileTypeError
 from torch.utils.data import Dataset
 
 from runtime.errors import DataError, MissingFileError
@@ -25,7 +26,7 @@ from runtime.errors import DataError, MissingFileError
 from .records import frame_to_tensors, validate_frame
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-_DB_ERRORS = (sqlite3.Error, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError)
+_DB_ERRORS = (UnknownFileTypeError, sqlite3.Error, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError)
 
 
 def frame_from_atoms(atoms, energy: float, forces, sid: int = 0, fid: int = 0, where: Optional[str] = None) -> Dict:

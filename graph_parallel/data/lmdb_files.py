@@ -91,3 +91,11 @@ def list_files(path, suffixes: Sequence[str], what: str) -> List[Path]:
             raise MissingFileError(f"no {' or '.join('*' + s for s in suffixes)} files in directory {path}")
         return files
     return [path]
+
+
+def close_lmdb_files(path=None) -> None:
+    """Close this process's cached environments (of ``path`` only, if given), e.g. before rewriting
+    a file in place: py-lmdb refuses a second open of a file that is still open in the process."""
+    target = str(Path(path).resolve()) if path is not None else None
+    for key in [k for k in _ENVS if k[0] == os.getpid() and (target is None or k[1] == target)]:
+        _ENVS.pop(key).close()

@@ -37,7 +37,8 @@ METADATA_KEYS = (b"length", b"metadata")
 def write_lmdb(path: Union[str, Path], frames: Iterable[Dict], map_size: int = 1 << 32) -> int:
     """Write frames to a single-file LMDB at ``path`` (atomically: temp file, then rename).
 
-    Returns the number of records written.
+    Every frame is validated first (:func:`validate_frame`); a refused frame raises and leaves
+    neither ``path`` nor a temporary file. Returns the number of records written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +56,11 @@ def write_lmdb(path: Union[str, Path], frames: Iterable[Dict], map_size: int = 1
                 count += 1
             txn.put(b"length", pickle.dumps(count, protocol=4))
         env.sync()
-    finally:
+    except BaseException:
         env.close()
+        tmp.unlink(missing_ok=True)                   # a refused frame leaves no partial file behind
+        raise
+    env.close()
     os.replace(tmp, path)
     return count
 
