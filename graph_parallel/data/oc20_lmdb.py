@@ -9,7 +9,7 @@ Two record layouts are read, both through the restricted unpickler in :mod:`.saf
 A dataset is one ``.lmdb`` file or a directory of them (fairchem's shards ``data.0000.lmdb``,
 ``data.0001.lmdb``, ... in name order). The number of frames in a file is its ``"length"`` entry if
 present, else its entry count less the metadata keys (fairchem's rule); keys must then be
-"0".."N-1", which is checked at the ends when the file is opened.
+"0".."N-1": key N-1 is checked when the file is opened, any other missing key when it is read.
 """
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.numpy()
+        return value.numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     return value

@@ -11,9 +11,13 @@ Every frame is compared field by field with the source values and with what PyG 
 import copyreg
 import io
 import json
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 import zlib
+from pathlib import Path
 
 import lmdb
 import numpy as np
@@ -28,6 +32,7 @@ from graph_parallel.data import (AseDbDataset, AseLmdbDataset, LmdbDataset, dete
                                  write_lmdb)
 from runtime.errors import DataError, MissingFileError
 
+ROOT = Path(__file__).resolve().parents[2]
 PYG1_NONE_ATTRIBUTES = ("x", "edge_index", "edge_attr", "y", "pos", "normal", "face")
 
 
@@ -143,6 +148,14 @@ def test_oc20_lmdb_pyg1_layout_shards(tmp_path):
     assert ds.locate(3) == (tmp_path / "data.0001.lmdb", "0")
     tensors = ds[2]
     assert tensors["atomic_numbers"].dtype == torch.int64 and tensors["pos"].dtype == torch.float32
+
+    # and without torch_geometric: a process where importing it fails reads and validates every frame
+    blocked = ("import sys; sys.modules['torch_geometric'] = None\n"
+               "from graph_parallel.data.check import main; main(sys.argv[1:])")
+    result = subprocess.run([sys.executable, "-c", blocked, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"{tmp_path}: lmdb, 2 file(s), 5 frames (5 checked)" in result.stdout
 
 
 def test_oc20_lmdb_pyg2_layout_without_length_key(tmp_path):
