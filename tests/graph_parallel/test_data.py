@@ -8,6 +8,7 @@ import torch
 from graph_parallel.data import (EMBEDDED_DATA_DIR, AseDbDataset, LmdbDataset, collate_frames, radius_graph_pbc,
                                  write_lmdb)
 from graph_parallel.make_dataset import make_dataset
+from runtime.errors import DataError, MissingFileError
 
 
 def random_frame(rng, n, sid=0, fid=0):
@@ -45,15 +46,16 @@ def test_lmdb_rejects_bad_records(tmp_path):
     rng = np.random.default_rng(1)
     frame = random_frame(rng, 4)
     del frame["forces"]
-    with pytest.raises(ValueError, match="forces"):
+    with pytest.raises(DataError, match="frame 0: missing field.*forces"):
         write_lmdb(tmp_path / "bad.lmdb", [frame])
     frame = random_frame(rng, 4)
     frame["forces"] = frame["forces"][:3]
-    with pytest.raises(ValueError, match="forces"):
+    with pytest.raises(DataError, match=r"frame 0: field 'forces' must have shape \[4, 3\]"):
         write_lmdb(tmp_path / "bad.lmdb", [frame])
     assert not (tmp_path / "bad.lmdb").exists()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(MissingFileError, match="missing.lmdb"):
         LmdbDataset(tmp_path / "missing.lmdb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []      # nothing created, not even a -lock file
 
 
 def test_ase_db_reader(tmp_path):
