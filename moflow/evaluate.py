@@ -76,7 +76,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    env = init_distributed(timeout_minutes=args.dist_timeout)
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
     seed_everything(args.seed, env.rank)
     if args.num_samples <= 0:
         raise ConfigError(f"--num_samples must be positive, got {args.num_samples}")

@@ -142,7 +142,7 @@ def benchmark_inference(model, args, reverse, logger, device) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    env = init_distributed(timeout_minutes=args.dist_timeout)
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
     if args.cuda_graphs:
         require_cuda_graphs(env.device)
         if args.compile:

@@ -192,7 +192,7 @@ def sample_metrics(model: MoFlow, args, atomic_nums, precision) -> Dict[str, flo
 
 def train(args) -> MoFlow:
     """Run training as configured by ``args``; returns the trained (unwrapped) model."""
-    env = init_distributed(timeout_minutes=args.dist_timeout)
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
     device = env.device
     check_flags(args, device)
     if args.tf32 is not None:

@@ -68,11 +68,12 @@ def _watch_launcher(poll_s: float = 1.0) -> None:
 
 
 def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] = None,
-                     timeout_minutes: float = 10.0) -> DistEnv:
+                     timeout_minutes: float = 10.0, gpu_affinity: str = "none") -> DistEnv:
     """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK).
 
     Uses ``cpu:gloo,cuda:nccl`` when CUDA is available and gloo otherwise (``backend`` overrides).
     Collectives time out after ``timeout_minutes`` (``--dist_timeout``; ``timeout_s`` overrides).
+    ``gpu_affinity`` pins the process to its GPU's cores (:mod:`runtime.affinity`, ``--gpu_affinity``).
     Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) this is a single-process run. Idempotent.
     """
     global _ENV
@@ -89,6 +90,9 @@ def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] =
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    from runtime.affinity import set_affinity
+
+    set_affinity(gpu_affinity, local_rank, device.type)
     if world_size > 1 and not dist.is_initialized():
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
