@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The README's main job: a short CPU-sized run of every recipe on its embedded default data.
-# Each model's quickstart trains briefly and then generates / predicts with the checkpoint it wrote.
+# Each model's quickstart trains briefly, evaluates against trivial baselines, predicts with the
+# checkpoint it wrote and draws its learning curves (curves.png). Outputs go under OUT_ROOT
+# (default results/quickstart, relative to the current directory).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/env.sh"
 export OUT_ROOT="${OUT_ROOT:-results/quickstart}"
 for model in moflow se3_transformer graph_parallel; do
     echo "=== ${model} ==="
-    bash "scripts/${model}/quickstart.sh"
+    bash "$MOLRECIPES_ROOT/scripts/${model}/quickstart.sh"
 done
-echo "quickstart finished; logs and checkpoints under ${OUT_ROOT}"
+echo "quickstart finished; logs, checkpoints and curves.png under ${OUT_ROOT}/<recipe>"

@@ -3,7 +3,7 @@
 # then parameter counts of every preset. Prints figures; asserts nothing.
 #   MODEL=dimenetpp PRESET=base BATCH_SIZE=4 bash scripts/graph_parallel/benchmark.sh
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 MODEL="${MODEL:-dimenetpp}"
 PRESET="${PRESET:-base}"

@@ -2,7 +2,7 @@
 # Data x graph parallel training under torchrun: NPROC processes, GP_SIZE of them split each graph.
 #   NPROC=4 GP_SIZE=2 MODEL=dimenetpp PRESET=large bash scripts/graph_parallel/train_gp.sh --epochs 20
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 NPROC="${NPROC:-2}"
 GP_SIZE="${GP_SIZE:-2}"
 DATA_ARGS=()

@@ -2,7 +2,7 @@
 # Inference (sampling z -> molecule graph) throughput and latency percentiles, FP32 then AMP.
 #   CKPT=results/moflow/moflow.pt BATCH_SIZES="100 1000" bash scripts/moflow/benchmark_inference.sh
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 CKPT="${CKPT:-results/moflow/moflow.pt}"
 OUT="${OUT:-results/moflow_benchmark}"
 for bs in ${BATCH_SIZES:-100 1000}; do

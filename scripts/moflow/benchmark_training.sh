@@ -2,7 +2,7 @@
 # Training throughput (molecules/s) and step latency percentiles, FP32 then AMP (bf16 on CPU).
 #   BATCH_SIZES="64 128" CONFIG=small bash scripts/moflow/benchmark_training.sh
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 DATA_DIR="${DATA_DIR:-data/moflow}"
 DATASET="${DATASET:-sample}"
 CONFIG="${CONFIG:-small}"

@@ -5,7 +5,7 @@
 #   DATASET=qm9 bash scripts/moflow/data_preprocess.sh     # qm9pack CSVs (offline)
 #   DATASET=zinc250k bash scripts/moflow/data_preprocess.sh --download
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 DATA_DIR="${DATA_DIR:-data/moflow}"
 DATASET="${DATASET:-sample}"
 extra=()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MoFlow on CPU in ~2 minutes: preprocess the embedded MOSES sample, train briefly, generate, evaluate.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 OUT="${OUT_ROOT:-results/quickstart}/moflow"
 DATA_DIR="${DATA_DIR:-$OUT/data}"
 python -m moflow.preprocess --dataset sample --data_dir "$DATA_DIR"

@@ -3,7 +3,7 @@
 #   bash scripts/moflow/train.sh --epochs 5
 #   DATASET=zinc250k bash scripts/moflow/train.sh --amp        # reference zinc250k config
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 DATA_DIR="${DATA_DIR:-data/moflow}"
 DATASET="${DATASET:-sample}"
 LOG_DIR="${LOG_DIR:-results/moflow}"

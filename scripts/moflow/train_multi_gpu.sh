@@ -2,7 +2,7 @@
 # Data-parallel MoFlow training with torchrun (NCCL on GPUs, gloo on CPU).
 #   NPROC=8 DATASET=zinc250k bash scripts/moflow/train_multi_gpu.sh --amp --epochs 300 --batch_size 512
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 # torch counts the GPUs it can use (honours CUDA_VISIBLE_DEVICES); no GPU: 2 CPU processes
 NPROC="${NPROC:-$(python -c "import torch; print(torch.cuda.device_count() or 2)")}"
 DATA_DIR="${DATA_DIR:-data/moflow}"
