@@ -188,3 +188,105 @@ def test_reverse_rejects_wrong_latent_shape():
 def test_config_rejects_bad_squeeze():
     with pytest.raises(ValueError, match="b_n_squeeze"):
         ModelConfig(max_nodes=9, b_n_squeeze=2)
+
+
+# --- the speed-ups keep the math, the checkpoints and the caches honest ---------------------------
+
+def _graph_coupling_full_rows(layer, adj, x):
+    """The coupling as first written: every layer on all atom rows, then masked by ``update_mask``."""
+    keep = 1 - layer.update_mask
+    h = x * keep
+    for conv, norm in zip(layer.convs, layer.conv_norms):
+        b, n, _ = h.shape
+        messages = conv.edge_linear(h).view(b, n, conv.out_dim, conv.num_edge_types)
+        h = F.relu(norm(conv.self_linear(h) + torch.einsum("bemn,bnce->bmc", adj, messages)))
+    logits, shift = layer.mlp(h).chunk(2, -1)
+    y = x * keep + layer.update_mask * (x + shift) * torch.sigmoid(logits)
+    return y, (layer.update_mask * F.logsigmoid(logits)).reshape(len(x), -1).sum(1)
+
+
+@pytest.mark.parametrize("hidden_gnn,rows", [([5], [1]), ([5, 6], [3, 0]), ([], [2])])
+def test_graph_coupling_on_masked_rows_equals_full_rows(hidden_gnn, rows):
+    import copy
+    layer = _perturb(GraphAffineCoupling(4, 3, hidden_gnn, [7, 4], rows, 4)).train()
+    ref = copy.deepcopy(layer)
+    adj, x = _random_adj(5, 4), torch.randn(5, 4, 3)
+    for _ in range(2):  # training mode: outputs, log-determinants, gradients and the rows' running statistics
+        y, logdet = layer(adj, x)
+        y_ref, logdet_ref = _graph_coupling_full_rows(ref, adj, x)
+        torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(logdet, logdet_ref, atol=1e-12, rtol=1e-12)
+        (y.square().sum() + logdet.sum()).backward()
+        (y_ref.square().sum() + logdet_ref.sum()).backward()
+    for (name, p), p_ref in zip(layer.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-10, rtol=1e-10, msg=name)
+    for norm, norm_ref in zip([*layer.conv_norms, *layer.mlp], [*ref.conv_norms, *ref.mlp]):
+        if isinstance(norm, torch.nn.BatchNorm1d):
+            torch.testing.assert_close(norm.running_mean[rows], norm_ref.running_mean[rows])
+            torch.testing.assert_close(norm.running_var[rows], norm_ref.running_var[rows])
+            assert int(norm.num_batches_tracked) == int(norm_ref.num_batches_tracked) == 2
+    layer.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(adj, x)[0], _graph_coupling_full_rows(ref, adj, x)[0], atol=1e-12, rtol=1e-12)
+
+
+def test_graph_conv_rows_are_the_full_output_rows():
+    conv = _perturb(GraphConv(3, 5, 4))
+    adj, h = _random_adj(2, 4), torch.randn(2, 4, 3)
+    rows = torch.tensor([3, 1])
+    torch.testing.assert_close(conv(adj, h, rows), conv(adj, h)[:, rows])
+
+
+def test_state_dict_keys_and_shapes_unchanged_since_11b8e8f():
+    """Checkpoints written before the speed-ups still load: the same keys, shapes and dtypes."""
+    import hashlib
+    expected = {0: (115, "d9da57eca79c133a"), 1: (127, "68558cad6045df4f"), 2: (113, "90a084282c66b1a0")}
+    torch.set_default_dtype(torch.float32)
+    for conv_lu, (count, digest) in expected.items():
+        state = MoFlow(_tiny_config(b_conv_lu=conv_lu)).state_dict()
+        text = "\n".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in state.items())
+        assert (len(state), hashlib.sha256(text.encode()).hexdigest()[:16]) == (count, digest)
+
+
+@pytest.mark.parametrize("cls", [InvConv2d, InvConv2dLU])
+def test_inverse_weight_cache_is_never_stale(cls):
+    layer, other = _perturb(cls(6)), _perturb(cls(6))
+    y = torch.randn(2, 6, 3, 3)
+
+    def fresh_inverse(module):
+        w = module.weight if cls is InvConv2d else module.weight()
+        return F.conv2d(y, torch.linalg.inv(w.detach())[:, :, None, None])
+
+    with torch.no_grad():
+        first = layer.reverse(y)
+        cached = layer._inverse.value
+        layer.reverse(y)
+        assert layer._inverse.value is cached  # reused while the weights do not change
+    torch.testing.assert_close(first, fresh_inverse(layer))
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    layer(y)[0].square().sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(layer.reverse(y), fresh_inverse(layer))  # after an optimizer step
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer.reverse(y), fresh_inverse(other))  # after load_state_dict
+        for p in layer.parameters():
+            p.mul_(1.01)
+        torch.testing.assert_close(layer.reverse(y), fresh_inverse(layer))  # after any in-place write
+    assert layer.reverse(y).requires_grad  # with gradients on, the inverse is differentiated, not cached
+    if cls is InvConv2d:
+        with torch.no_grad():
+            logdet = layer(y)[1]
+        torch.testing.assert_close(logdet[0], 9 * torch.linalg.slogdet(layer.weight)[1])
+
+
+def test_coupling_without_grad_matches_with_grad():
+    """Sampling and evaluation (no autograd) take a different memory layout; the numbers are the same."""
+    layer = _perturb(AffineCoupling(8, [6, 6])).float()
+    x = torch.randn(3, 8, 3, 3, dtype=torch.float32)
+    y, logdet = layer(x)
+    with torch.no_grad():
+        y_ng, logdet_ng = layer(x)
+        torch.testing.assert_close(layer.reverse(y_ng), x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y_ng, y.detach(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logdet_ng, logdet.detach(), atol=1e-6, rtol=1e-6)
