@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python scripts/moflow/bench_model.py --preset qm9
     python -m runtime.compare --baseline 11b8e8f -- python scripts/moflow/bench_model.py --preset qm9
 
-What is timed (warm-up steps excluded, the median of the timed steps reported):
+What is timed (warm-up steps excluded, the median of the timed steps reported, as wall time
+(``*_latency_ms``, ``*_throughput`` = batch / latency) and as this process's CPU time (``*_cpu_ms``)):
 - ``train``: one training step as ``moflow.train`` runs it: loss = MoFlowObjective (dequantised
   forward + NLL), backward, gradient clipping to norm 1, Adam step, zero_grad. Batch 128.
 - ``reverse``: ``MoFlow.reverse`` of a fresh latent (temperature 0.6) in eval mode. Batch 1000.
@@ -129,16 +130,19 @@ def reverse_fn(args, model):
 
 
 def timed(step, warmup: int, steps: int):
-    """Median seconds per call over ``steps`` calls after ``warmup`` untimed ones; RSS before warm-up."""
+    """Median wall and CPU seconds per call over ``steps`` calls after ``warmup`` untimed ones, and the
+    RSS before warm-up. CPU time (this process, all its threads) is less disturbed than wall time by
+    other jobs on a shared machine; with one thread it is the work itself."""
     import statistics
     before = rss_mb()
-    times = []
+    wall, cpu = [], []
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), before
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu), before
 
 
 def run_phase(args) -> dict:
@@ -147,16 +151,17 @@ def run_phase(args) -> dict:
     model, x, adj = build(args)
     if args.phase == "train":
         step = train_step_fn(args, model)
-        seconds, before = timed(lambda: step(x, adj), args.warmup, args.steps)
+        seconds, cpu, before = timed(lambda: step(x, adj), args.warmup, args.steps)
         batch = args.batch_size
     else:
         step = reverse_fn(args, model)
-        seconds, before = timed(step, args.warmup, args.steps)
+        seconds, cpu, before = timed(step, args.warmup, args.steps)
         batch = args.reverse_batch_size
     peak = peak_rss_mb()
     p = args.phase
     import moflow
     return {"source": os.path.dirname(os.path.abspath(moflow.__file__)), f"{p}_throughput": batch / seconds, f"{p}_latency_ms": seconds * 1e3,
+            f"{p}_cpu_ms": cpu * 1e3,
             f"{p}_peak_memory_mb": peak, f"{p}_memory_growth_mb": peak - before}
 
 

@@ -281,12 +281,32 @@ def test_inverse_weight_cache_is_never_stale(cls):
 
 
 def test_coupling_without_grad_matches_with_grad():
-    """Sampling and evaluation (no autograd) take a different memory layout; the numbers are the same."""
+    """Sampling and evaluation (no autograd) fold the BatchNorms into the convolutions and change the
+    memory layout; the numbers stay those of the plain modules, also after the weights change."""
     layer = _perturb(AffineCoupling(8, [6, 6])).float()
     x = torch.randn(3, 8, 3, 3, dtype=torch.float32)
-    y, logdet = layer(x)
+
+    def check():
+        y, logdet = layer(x)
+        with torch.no_grad():
+            y_ng, logdet_ng = layer(x)
+            torch.testing.assert_close(layer.reverse(y_ng), x, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(y_ng, y.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logdet_ng, logdet.detach(), atol=1e-5, rtol=1e-5)
+
     with torch.no_grad():
-        y_ng, logdet_ng = layer(x)
-        torch.testing.assert_close(layer.reverse(y_ng), x, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(y_ng, y.detach(), atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(logdet_ng, logdet.detach(), atol=1e-6, rtol=1e-6)
+        for norm in layer.net:
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.running_mean.normal_()
+                norm.running_var.uniform_(0.5, 2.0)
+    check()
+    with torch.no_grad():
+        layer.net[0].weight.mul_(1.5)  # the folded weights follow the weights ...
+    check()
+    with torch.no_grad():
+        layer.net[1].running_var.mul_(2.0)  # ... and the statistics
+    check()
+    layer.train()  # training mode without autograd (ActNorm initialisation) uses batch statistics
+    with torch.no_grad():
+        y_ng = layer(x)[0]
+    torch.testing.assert_close(y_ng, layer(x)[0].detach(), atol=1e-5, rtol=1e-5)
