@@ -205,7 +205,7 @@ def _graph_coupling_full_rows(layer, adj, x):
     return y, (layer.update_mask * F.logsigmoid(logits)).reshape(len(x), -1).sum(1)
 
 
-@pytest.mark.parametrize("hidden_gnn,rows", [([5], [1]), ([5, 6], [3, 0]), ([], [2])])
+@pytest.mark.parametrize("hidden_gnn,rows", [([5], [1]), ([5, 6], [3, 0]), ([6], [1, 2]), ([], [2])])
 def test_graph_coupling_on_masked_rows_equals_full_rows(hidden_gnn, rows):
     import copy
     layer = _perturb(GraphAffineCoupling(4, 3, hidden_gnn, [7, 4], rows, 4)).train()
@@ -235,6 +235,7 @@ def test_graph_conv_rows_are_the_full_output_rows():
     adj, h = _random_adj(2, 4), torch.randn(2, 4, 3)
     rows = torch.tensor([3, 1])
     torch.testing.assert_close(conv(adj, h, rows), conv(adj, h)[:, rows])
+    torch.testing.assert_close(conv(adj, h, slice(1, 3)), conv(adj, h)[:, 1:3])
 
 
 def test_state_dict_keys_and_shapes_unchanged_since_11b8e8f():
