@@ -59,7 +59,9 @@ class WeightCache:
     The key is each tensor's storage address, version counter (bumped by every in-place write:
     optimizer steps, ``load_state_dict``, ``copy_``), dtype and device, so a cached value is never
     stale. It serves only calls that build no autograd graph; a call that needs gradients through
-    the value, or one being traced by torch.compile, computes it afresh.
+    the value, or one being traced by torch.compile, computes it afresh. A CUDA graph captured after
+    a warm-up call bakes the cached value in (which also keeps ``linalg.inv``'s host check out of the
+    capture): capture again after changing the weights, as for any captured graph.
     """
 
     def __init__(self):
