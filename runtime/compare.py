@@ -57,7 +57,8 @@ def repository_root(path: Optional[str] = None) -> str:
     return os.path.realpath(_git(here, "rev-parse", "--show-toplevel"))
 
 
-def tree_env(tree: str, label: str, other_trees: Sequence[str], base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def tree_env(tree: str, label: str, other_trees: Sequence[str],
+             base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The environment of one run: ``tree`` first on PYTHONPATH, no entry naming another tree."""
     env = dict(os.environ if base is None else base)
     trees = {os.path.realpath(t) for t in (tree, *other_trees)}

@@ -3,7 +3,7 @@
 Affine couplings use ``s = sigmoid(logits)``: the log-determinant is ``logsigmoid(logits)`` and the
 inverse multiplies by ``1 / sigmoid(logits) = 1 + exp(-logits)``, both free of log(0) and 1/0.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +169,8 @@ def _sum_per_sample(t: torch.Tensor) -> torch.Tensor:
 
 def fold_batch_norms(net: nn.Sequential) -> List[Tuple[torch.Tensor, torch.Tensor, bool]]:
     """(weight, bias, relu_after) per convolution of an eval-mode Conv2d/BatchNorm2d/ReLU stack, each
-    BatchNorm folded into the convolution before it: ``w * g / sqrt(v + eps)``, ``(b - m) * g / sqrt(v + eps) + beta``."""
+    BatchNorm folded into the convolution before it: weight ``w * g / sqrt(v + eps)``, bias
+    ``(b - m) * g / sqrt(v + eps) + beta``."""
     layers = list(net)
     folded = []
     for i, conv in enumerate(layers):

@@ -3,7 +3,6 @@ import math
 from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moflow.config import ModelConfig

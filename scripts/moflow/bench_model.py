@@ -160,7 +160,8 @@ def run_phase(args) -> dict:
     peak = peak_rss_mb()
     p = args.phase
     import moflow
-    return {"source": os.path.dirname(os.path.abspath(moflow.__file__)), f"{p}_throughput": batch / seconds, f"{p}_latency_ms": seconds * 1e3,
+    return {"source": os.path.dirname(os.path.abspath(moflow.__file__)),
+            f"{p}_throughput": batch / seconds, f"{p}_latency_ms": seconds * 1e3,
             f"{p}_cpu_ms": cpu * 1e3,
             f"{p}_peak_memory_mb": peak, f"{p}_memory_growth_mb": peak - before}
 
@@ -208,12 +209,12 @@ def profile_phase(args) -> None:
     print(f"### {args.preset} {args.phase}: {wall * 1e3:.1f} ms per step under the profiler "
           f"({args.steps} steps, {args.threads} thread(s))")
     ops = sorted((e for e in events if not e.key.startswith("## ")), key=lambda e: -e.self_cpu_time_total)
-    print(f"| op | self CPU share | self ms/step | calls/step |\n|---|---|---|---|")
+    print("| op | self CPU share | self ms/step | calls/step |\n|---|---|---|---|")
     for e in ops[:args.profile_rows]:
         print(f"| `{e.key}` | {100 * e.self_cpu_time_total / total:.1f} % | "
               f"{e.self_cpu_time_total / 1e3 / args.steps:.2f} | {e.count // args.steps} |")
     mods = sorted((e for e in events if e.key.startswith("## ")), key=lambda e: -e.cpu_time_total)
-    print(f"\n| layer method | total CPU share (incl. children) | ms/step | calls/step |\n|---|---|---|---|")
+    print("\n| layer method | total CPU share (incl. children) | ms/step | calls/step |\n|---|---|---|---|")
     for e in mods[:args.profile_rows]:
         print(f"| `{e.key[3:]}` | {100 * e.cpu_time_total / total:.1f} % | "
               f"{e.cpu_time_total / 1e3 / args.steps:.2f} | {e.count // args.steps} |")
