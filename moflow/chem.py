@@ -1,7 +1,14 @@
 """Graph tensors -> RDKit molecules, valency correction and generation metrics.
 
-All SMILES comparisons go through :func:`canonical` (RDKit canonical, aromatic form), so
-generated and training molecules are compared in one consistent representation.
+Generated molecules are decoded from graph codes (elements and single/double/triple bonds), so
+they carry no stereochemistry, isotopes or explicit charges except the N+/O+/S+ cations
+:func:`construct_mol` derives from an extra bond. Novelty therefore compares them with training
+molecules taken through the same encode -> decode path (:func:`model_form`, or the cache's
+:meth:`~moflow.data.dataset.MoleculeCache.decoded_smiles`), both written by :func:`canonical`
+(RDKit canonical, aromatic form), as the reference implementations do (calvin-zcx/moflow and
+NVIDIA's MoFlow decode the training graphs with ``adj_to_smiles`` / ``predictions_to_smiles``).
+Comparing with the source SMILES instead would count ``C[C@@H](N)C(=O)O`` or
+``[NH3+]CC(=O)[O-]`` regenerated from their own graphs as novel.
 """
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -9,7 +16,8 @@ import numpy as np
 import torch
 from rdkit import Chem, RDLogger
 
-from moflow.config import NO_BOND
+from moflow.config import NO_BOND, DatasetSpec
+from moflow.data.encoding import SkipMolecule, encode_smiles
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -100,6 +108,29 @@ def canonical(smiles: str) -> Optional[str]:
     return None if mol is None else Chem.MolToSmiles(mol)
 
 
+def model_form(smiles: str) -> Optional[str]:
+    """``smiles`` as the model can produce it: encoded to graph codes like the training data, then
+    decoded like a generated molecule (:func:`construct_mol` + :func:`valid_smiles`).
+
+    None if the SMILES does not parse, cannot be encoded or does not decode to one valid molecule
+    (e.g. a salt with several fragments). Without brackets or ``/``, ``\\`` bond marks, a canonical
+    SMILES has nothing the encoding drops, so it is returned as canonicalised.
+    """
+    mol = Chem.MolFromSmiles(smiles.strip()) if smiles else None
+    if mol is None or mol.GetNumAtoms() == 0:
+        return None
+    can = Chem.MolToSmiles(mol)
+    if not any(c in can for c in "[/\\."):
+        return can
+    elements = sorted({a.GetAtomicNum() for a in mol.GetAtoms()})
+    n = mol.GetNumAtoms()
+    try:
+        _, atoms, bonds = encode_smiles(can, DatasetSpec("any", elements, max_atoms=n, max_nodes=n))
+    except SkipMolecule:
+        return None
+    return valid_smiles(construct_mol(atoms, bonds, elements))
+
+
 def graphs_to_smiles(atom_codes: np.ndarray, bond_codes: np.ndarray, atomic_nums: Sequence[int],
                      correct: bool) -> List[Optional[str]]:
     """Decode a batch to canonical SMILES (None for invalid molecules)."""
@@ -111,18 +142,20 @@ def graphs_to_smiles(atom_codes: np.ndarray, bond_codes: np.ndarray, atomic_nums
 
 
 def generation_metrics(raw: Sequence[Optional[str]], corrected: Sequence[Optional[str]],
-                       train_smiles: Iterable[str]) -> Dict[str, float]:
+                       train_smiles: Iterable[Optional[str]], *, train_decoded: bool = False) -> Dict[str, float]:
     """Percentages: validity (after correction), validity without correction, uniqueness and
     novelty of the valid corrected molecules, and N.U.V. (novel unique valid over all generated).
 
-    ``train_smiles`` may be in any form (aromatic or kekulized); both sides are canonicalised.
+    Novelty compares in the form the model can produce: ``train_smiles`` (any SMILES form) are
+    taken through :func:`model_form`, unless ``train_decoded`` says they already are decoded graphs
+    (``cache.subset("train").decoded_smiles()``, cached on disk and much faster for 250k molecules).
     """
     n = len(corrected)
     if n == 0 or len(raw) != n:
         raise ValueError(f"need equally many raw and corrected results, got {len(raw)} and {n}")
     valid = [s for s in corrected if s is not None]
     unique = set(valid)
-    train = {canonical(s) for s in train_smiles}
+    train = set(train_smiles) if train_decoded else {model_form(s) for s in train_smiles if s}
     train.discard(None)
     novel = {s for s in unique if s not in train}
     return {
