@@ -10,10 +10,14 @@ NVIDIA's MoFlow decode the training graphs with ``adj_to_smiles`` / ``prediction
 Comparing with the source SMILES instead would count ``C[C@@H](N)C(=O)O`` or
 ``[NH3+]CC(=O)[O-]`` regenerated from their own graphs as novel.
 """
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
-import torch
 from rdkit import Chem, RDLogger
 
 from moflow.config import NO_BOND, DatasetSpec
@@ -42,7 +46,7 @@ def _first_overloaded(mol: Chem.RWMol) -> Optional[int]:
     return None
 
 
-def decode_graphs(adj: torch.Tensor, x: torch.Tensor):
+def decode_graphs(adj, x):  # torch tensors; chem imports no torch, so spawned decoders start fast
     """Model output -> (atom codes [B, N], bond codes [B, N, N]) as numpy arrays (argmax)."""
     return x.argmax(-1).cpu().numpy(), adj.argmax(1).cpu().numpy()
 
@@ -132,13 +136,30 @@ def model_form(smiles: str) -> Optional[str]:
 
 
 def graphs_to_smiles(atom_codes: np.ndarray, bond_codes: np.ndarray, atomic_nums: Sequence[int],
-                     correct: bool) -> List[Optional[str]]:
-    """Decode a batch to canonical SMILES (None for invalid molecules)."""
+                     correct: bool, *, workers: int = 1, chunk: int = 4096) -> List[Optional[str]]:
+    """Decode a batch to canonical SMILES (None for invalid molecules).
+
+    ``workers`` > 1 (0: one per available CPU) decodes chunks of ``chunk`` molecules in spawned
+    processes, for large sets such as a 250k training set (about 0.5 ms per molecule on one core).
+    """
+    if workers == 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > 1 and len(atom_codes) > chunk:
+        starts = range(0, len(atom_codes), chunk)
+        jobs = [(atom_codes[s:s + chunk], bond_codes[s:s + chunk], list(atomic_nums), correct) for s in starts]
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+            return [s for part in pool.map(_decode_chunk, jobs) for s in part]
     out = []
     for a, b in zip(atom_codes, bond_codes):
         mol = construct_mol(a, b, atomic_nums)
         out.append(valid_smiles(correct_mol(mol) if correct else mol))
     return out
+
+
+def _decode_chunk(job) -> List[Optional[str]]:
+    atoms, bonds, atomic_nums, correct = job
+    return graphs_to_smiles(atoms, bonds, atomic_nums, correct)
 
 
 def generation_metrics(raw: Sequence[Optional[str]], corrected: Sequence[Optional[str]],

@@ -298,8 +298,15 @@ def format_summary(summary: Sequence[Dict], prop: str) -> str:
     return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the docstring's table and lists every default (mode-dependent ones are in the help text)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--load_ckpt_path", default="results/moflow/moflow.pt")
     p.add_argument("--data_dir", default=None, help="cache directory (default: the training one)")
     p.add_argument("--property", default="qed", choices=["qed", "plogp"], help="property to maximise")

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None,
                    help="read SMILES from this file instead of the default source: a CSV (e.g. "
                         "250k_rndm_zinc_drugs_clean_3.csv) or a .smi file, optionally .gz")
-    p.add_argument("--smiles_column", default=None, help="SMILES column name in --csv (default: smiles)")
+    p.add_argument("--smiles_column", default=None,
+                   help="SMILES column name in --csv, matched case-insensitively (unset: smiles)")
     p.add_argument("--valid_idx", default=None,
                    help="JSON file of held-out source rows (e.g. MoFlow's valid_idx_zinc.json); "
                         "replaces --valid_fraction")

@@ -130,3 +130,9 @@ def test_model_form_is_encode_then_decode():
     kept, atoms, bonds, _, _ = encode_many(smiles, ZINC)
     full = graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False)
     assert [model_form(s) for s in kept] == full
+
+
+def test_parallel_decoding_equals_serial():
+    kept, atoms, bonds, _, _ = encode_many(read_smiles_csv(SAMPLE_PATH)[:120], ZINC)
+    serial = graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False)
+    assert graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False, workers=2, chunk=50) == serial == kept
