@@ -391,10 +391,16 @@ def main(argv=None) -> int:
     y = torch.tensor([value(i) for i in fit_idx], dtype=torch.float32)
     if args.property == "plogp":
         y = y.clamp(*PLOGP_CLIP)
-    regressor = fit_property_model(cache_latents(model, cache, fit_idx), y, args.fit_epochs,
-                                   hidden=args.hidden, seed=args.seed)
-    print(f"regressor z -> {args.property} fitted on {len(fit_idx)} training molecules in {time.time() - t0:.0f} s",
-          flush=True)
+    z = cache_latents(model, cache, fit_idx)
+    n_check = len(fit_idx) // 10 if len(fit_idx) >= 50 else 0  # held out to report the fit's quality
+    regressor = fit_property_model(z[n_check:], y[n_check:], args.fit_epochs, hidden=args.hidden, seed=args.seed)
+    quality = ""
+    if n_check:
+        with torch.no_grad():
+            r = np.corrcoef(regressor(z[:n_check]).numpy(), y[:n_check].numpy())[0, 1]
+        quality = f"; Pearson r {r:.2f} on {n_check} held-out molecules"
+    print(f"regressor z -> {args.property} fitted on {len(fit_idx) - n_check} training molecules in "
+          f"{time.time() - t0:.0f} s{quality}", flush=True)
 
     if args.smiles:
         starts = []
