@@ -189,9 +189,10 @@ class MoleculeCache:
         This is the representation the model can produce: stereochemistry, explicit charges
         (other than the N+/O+/S+ the decoder derives) and isotopes are gone. Novelty must compare
         generated molecules with these, not with the source SMILES. None marks a graph that does
-        not decode to a valid molecule. Decoding costs about 0.5 ms per molecule on one core (it
-        runs on ``decode_workers`` processes, default one per CPU), so the result is kept in ``<name>_decoded.json`` beside the cache (keyed by the npz's SHA-256; ``save=False``
-        or a read-only directory skips the file).
+        not decode to a valid molecule. Decoding costs about 0.5 ms per molecule on one core
+        (large caches use ``decode_workers`` processes, default one per CPU), so the result is
+        kept in ``<name>_decoded.json`` beside the cache, keyed by the npz's SHA-256
+        (``save=False`` or a read-only directory skips the file).
         """
         if self._decoded is None:
             self._decoded = self._load_or_decode(save)

@@ -213,7 +213,8 @@ def test_zinc250k_from_local_csv_and_valid_idx(tmp_path, capsys):
     idx.write_text("[1, 2, 4]")
     preprocess.main(["--dataset", "zinc250k", "--csv", str(csv_path), "--valid_idx", str(idx),
                      "--valid_idx_base", "0", "--data_dir", str(data)])
-    assert [MoleculeCache(str(data), "zinc250k").smiles[i] for i in MoleculeCache(str(data), "zinc250k").valid_idx] == valid
+    cache = MoleculeCache(str(data), "zinc250k")
+    assert [cache.smiles[i] for i in cache.valid_idx] == valid
 
     # rows follow the source file through --max_molecules sampling
     preprocess.main(["--dataset", "zinc250k", "--csv", str(csv_path), "--valid_idx", str(idx),
