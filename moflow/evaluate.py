@@ -4,8 +4,10 @@ On ``--split`` (``val``: the held-out molecules of the training cache; or ``trai
 NLL in bits/dim (``{split}_loss``, ``{split}_nll_x``, ``{split}_nll_adj``) and the reconstruction
 rate (``{split}_reconstruction``: molecules mapped to z and back must decode to the same graph).
 For ``--num_samples`` molecules sampled at ``--temperature`` it reports validity (with valency
-correction), validity without correction, uniqueness, novelty against the training split and
-N.U.V. (generated-sample metrics carry no split prefix). The model config, dataset and atom set
+correction), validity without correction, uniqueness, novelty and N.U.V. (generated-sample metrics
+carry no split prefix). Novelty compares generated molecules with the training molecules decoded
+through the same graph -> molecule path (stereochemistry and charges the model cannot produce do
+not make a molecule novel), as the reference implementations do. The model config, dataset and atom set
 come from the checkpoint.
 """
 import json
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     generator = torch.Generator(device=env.device).manual_seed(args.seed)
     raw, corrected = sample_smiles(model, args.num_samples, args.temperature, info["atomic_nums"],
                                    args.batch_size, precision, generator)
-    metrics = generation_metrics(raw, corrected, cache.subset("train").smiles())
+    metrics = generation_metrics(raw, corrected, cache.subset("train").decoded_smiles(), train_decoded=True)
     if args.num_molecules > 0:
         metrics.update(split_metrics(model, cache, args.split, args.num_molecules, args.batch_size, precision))
     metrics.update(num_samples=args.num_samples, temperature=args.temperature)

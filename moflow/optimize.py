@@ -62,6 +62,7 @@ from moflow.data.encoding import SkipMolecule
 from moflow.generate import load_trained_model
 from moflow.interpolate import encode
 from moflow.model import MoFlow
+from runtime.cli import ArgumentParser
 from runtime.errors import ConfigError, DataError, run_main
 
 # ZINC250k statistics used by the reference (GCPN's penalized_logp) to standardise each term.
@@ -306,7 +307,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p = ArgumentParser(prog="python -m moflow.optimize", description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--load_ckpt_path", default="results/moflow/moflow.pt")
     p.add_argument("--data_dir", default=None, help="cache directory (default: the training one)")
     p.add_argument("--property", default="qed", choices=["qed", "plogp"], help="property to maximise")

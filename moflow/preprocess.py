@@ -18,11 +18,12 @@ from moflow.data.dataset import save_cache
 from moflow.data.download import download_dataset
 from moflow.data.encoding import encode_many, format_skip_counts
 from moflow.data.sources import load_table, read_valid_idx
+from runtime.cli import ArgumentParser
 from runtime.errors import ConfigError, DataError, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m moflow.preprocess", description=__doc__)
     p.add_argument("--dataset", default="sample", choices=["sample", "moses", "zinc250k", "qm9"])
     p.add_argument("--data_dir", default="data/moflow", help="where the cache (and downloads) go")
     p.add_argument("--csv", default=None,
