@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
@@ -155,6 +155,18 @@ def check_identity(path: str, meta: Dict, expect: Dict, hint: str = "") -> None:
         check_meta(path, meta, expect)
     except CheckpointError as err:
         raise CheckpointError(f"{err}{hint}") from None
+
+
+def read_se3_checkpoint(path: str) -> Dict:
+    """:func:`runtime.checkpoint.read_checkpoint`, giving checkpoints written before the shared loop
+    (format v1: identity in ``extra``) the ``meta`` of today's, so they resume and evaluate as before."""
+    state = read_checkpoint(path)
+    extra = state.get("extra") or {}
+    if not state.get("meta") and isinstance(extra.get("model_config"), dict):
+        state["meta"] = {"recipe": RECIPE, "model": RECIPE,
+                         "config": {k: extra["model_config"].get(k) for k in ARCH_KEYS},
+                         "task": extra.get("task"), "dataset": extra.get("source")}
+    return state
 
 
 def resolve_fuse_level(name: str, device: torch.device) -> FuseLevel:
@@ -301,7 +313,7 @@ class InferenceRun:
         if args.tf32 is not None:
             set_tf32(args.tf32)
         path = args.load_ckpt_path
-        state = read_checkpoint(path)
+        state = read_se3_checkpoint(path)
         meta, extra = state["meta"], state["extra"]
         check_identity(path, meta, {"recipe": RECIPE})
         self.config = config_from_checkpoint(path, meta, args)

@@ -35,7 +35,7 @@ from typing import List, Optional
 import torch
 
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.cli import ArgumentParser, add_common_args, non_negative_int, optimizer_betas, positive_float, \
     resolve_num_workers, sgd_momentum
 from runtime.compile import maybe_compile
@@ -52,7 +52,7 @@ from runtime.seed import seed_everything
 from se3_transformer.data import DEFAULT_DATA_DIR, QM9_UNITS, QM9GraphDataset, load_qm9, precompute_bases, \
     split_indices
 from se3_transformer.engine import RECIPE, TargetScaler, add_data_args, add_model_args, baseline_mae, build_model, \
-    check_identity, evaluate_split, l1_loss, resolve_model_args
+    check_identity, evaluate_split, l1_loss, read_se3_checkpoint, resolve_model_args
 
 CUDA_GRAPHS_REFUSED = ("--cuda_graphs is not supported by the SE(3)-Transformer: every batch of molecules has "
                        "other node and edge counts, so no fixed-shape step can be captured; drop the flag")
@@ -141,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     state = None
     meta = {"recipe": RECIPE, "model": RECIPE, "config": config, "task": args.task, "dataset": args.dataset}
     if args.load_ckpt_path:
-        state = read_checkpoint(args.load_ckpt_path)
+        state = read_se3_checkpoint(args.load_ckpt_path)
         if args.finetune:
             check_identity(args.load_ckpt_path, state["meta"], {k: meta[k] for k in ("recipe", "model", "config")})
         else:

@@ -149,3 +149,15 @@ def test_embedded_sample_is_small_and_valid():
     assert len(arrays) == 1000
     assert set(np.unique(arrays.node_attr[:, 5])) <= {1, 6, 7, 8, 9}
     assert np.all(arrays.edge_attr.sum(1) == 1)
+
+
+@pytest.mark.cuda
+def test_loader_pins_batches_and_copies_them_without_blocking_on_cuda():
+    from runtime.data import ShardSampler, make_loader
+
+    dataset = QM9GraphDataset(load_qm9("sample", num_molecules=30), np.arange(30))
+    loader = make_loader(dataset, 8, ShardSampler(30), dataset.collate, num_workers=2, device="cuda")
+    batch = next(iter(loader))
+    assert batch.graph.pos.is_pinned() and batch.graph.edge_index.is_pinned()
+    moved = batch.to("cuda", non_blocking=True)
+    assert moved.graph.pos.is_cuda and torch.equal(moved.graph.y.cpu(), batch.graph.y)
