@@ -200,7 +200,8 @@ def _train(args, env, device, config, meta, state, resuming, logger) -> dict:
     position = Position()
     if state is not None:
         if resuming:
-            info = load_checkpoint(args.load_ckpt_path, model, optimizer, None, precision, state=state)
+            info = load_checkpoint(args.load_ckpt_path, model, optimizer, None, precision, state=state,
+                                   expect={k: meta[k] for k in ("recipe", "config", "task", "dataset")})
             position = Position(info["epoch"], info["batch"], info["step"])
             check_mid_epoch_resume(args, extra, position, env.world_size)
         else:
