@@ -237,7 +237,7 @@ def train(args) -> MoFlow:
             expect.update(config=meta["config"], dataset=args.dataset)
             info = load_checkpoint(args.load_ckpt_path, model, optimizer, precision=precision, expect=expect,
                                    state=state)
-            position = Position(info["epoch"], info["batch"], info["step"])
+            position = Position.from_dict(info["position"])
         else:  # --finetune: the weights only, on a dataset with the same atom set
             load_checkpoint(args.load_ckpt_path, model, expect=expect, state=state)
     seed_everything(args.seed, env.rank)
@@ -290,8 +290,8 @@ def train(args) -> MoFlow:
 
     def save(pos: Position) -> None:
         if save_path:
-            save_checkpoint(save_path, model, optimizer, precision=precision, meta=meta, epoch=pos.epoch,
-                            batch=pos.batch, step=pos.step, extra={"data_dir": os.path.abspath(args.data_dir)},
+            save_checkpoint(save_path, model, optimizer, precision=precision, meta=meta, position=pos.to_dict(),
+                            extra={"data_dir": os.path.abspath(args.data_dir)},
                             keep_last=args.keep_last)
 
     meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None

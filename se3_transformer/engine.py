@@ -308,7 +308,7 @@ class InferenceRun:
         if args.cuda_graphs:
             raise ConfigError("--cuda_graphs is not supported by the SE(3)-Transformer: every batch of molecules "
                               "has other node and edge counts, so no fixed-shape step can be captured; drop the flag")
-        self.env = init_distributed(timeout_minutes=args.dist_timeout)
+        self.env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
         self.device = device = self.env.device
         if args.tf32 is not None:
             set_tf32(args.tf32)

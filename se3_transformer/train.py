@@ -132,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         raise ConfigError(CUDA_GRAPHS_REFUSED)
     if args.finetune and not args.load_ckpt_path:
         raise ConfigError("--finetune needs --load_ckpt_path (the checkpoint whose weights to start from)")
-    env = init_distributed(timeout_minutes=args.dist_timeout)
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
     device = env.device
     if args.tf32 is not None:
         set_tf32(args.tf32)
@@ -202,7 +202,7 @@ def _train(args, env, device, config, meta, state, resuming, logger) -> dict:
         if resuming:
             info = load_checkpoint(args.load_ckpt_path, model, optimizer, None, precision, state=state,
                                    expect={k: meta[k] for k in ("recipe", "config", "task", "dataset")})
-            position = Position(info["epoch"], info["batch"], info["step"])
+            position = Position.from_dict(info["position"])
             check_mid_epoch_resume(args, extra, position, env.world_size)
         else:
             load_checkpoint(args.load_ckpt_path, model, state=state)  # --finetune: weights only (strict)
@@ -249,8 +249,8 @@ def _train(args, env, device, config, meta, state, resuming, logger) -> dict:
         if not args.save_ckpt_path:
             return
         periodic = args.ckpt_interval > 0 or args.ckpt_steps > 0
-        save_checkpoint(args.save_ckpt_path, model, optimizer, None, precision, meta=meta, epoch=pos.epoch,
-                        batch=pos.batch, step=pos.step, keep_last=args.keep_last if periodic else None,
+        save_checkpoint(args.save_ckpt_path, model, optimizer, None, precision, meta=meta, position=pos.to_dict(),
+                        keep_last=args.keep_last if periodic else None,
                         extra={"target_scaler": scaler.state_dict(), "unit": unit,
                                "num_molecules": args.num_molecules, "batch_size": args.batch_size,
                                "world_size": env.world_size})
