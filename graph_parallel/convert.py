@@ -467,6 +467,8 @@ def _ema_state(ckpt: Dict[str, Any], state: Dict[str, Tensor], where: str) -> Di
             raise CheckpointError(f"{where}: EMA tensor for {key} has shape {tuple(value.shape)}, "
                                   f"expected {tuple(state[key].shape)}")
         out[key] = value
+    for key in [k for k in out if ".seq_energy." in k]:           # fairchem aliases of .layers
+        out[key] = out.get(key.replace(".seq_energy.", ".layers."), out[key])
     return out
 
 
@@ -482,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="expected model (pyg: dimenetpp; fairchem: inferred from the weights if omitted)")
     parser.add_argument("--output", required=True, help="this project's checkpoint to write")
     parser.add_argument("--cutoff", type=float, default=None,
-                        help="radius cutoff in Angstrom (pyg: required unless 5.0, PyG's default; fairchem: its config)")
+                        help="radius cutoff in Angstrom (pyg: 5.0, PyG's default; fairchem: its config, else "
+                             "fairchem's default, 6.0 GemNet / 10.0 DimeNet++)")
     parser.add_argument("--max_neighbors", type=int, default=None,
                         help="neighbours kept per atom (default: pyg 32, fairchem its config or 50)")
     parser.add_argument("--envelope_exponent", type=int, default=None, help="envelope exponent (default: 5 / config)")

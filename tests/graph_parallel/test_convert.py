@@ -347,6 +347,47 @@ def test_fairchem_checkpoints_refused_or_normalised():
         convert_fairchem({"state_dict": {"foo.weight": torch.zeros(2)}})
 
 
+def fairchem_trainable_keys(state):
+    """fairchem's EMA order: its trainable parameters (no Gaussian centres, scale factors or seq_energy aliases)."""
+    return [k for k in state if not k.endswith((".offset", "scale_factor")) and ".seq_energy." not in k]
+
+
+def test_fairchem_ema_weights():
+    state = synthetic_fairchem_state(False)
+    shadow = [0.5 * state[k] for k in fairchem_trainable_keys(state)]
+    conv = convert_fairchem({"state_dict": state, "ema": {"decay": 0.999, "num_updates": 10, "shadow_params": shadow}},
+                            use_ema=True)
+    torch.testing.assert_close(conv.model.state_dict()["interactions.1.triplet.bilinear.weight"],
+                               0.5 * state["int_blocks.1.trip_interaction.mlp_cbf.weight"].permute(1, 0, 2))
+    assert float(conv.model.outputs[0].scale_sum.scale) == float(state["out_blocks.0.scale_sum.scale_factor"])
+    with pytest.raises(CheckpointError, match="cannot pair them"):
+        convert_fairchem({"state_dict": state, "ema": {"shadow_params": shadow[:-1]}}, use_ema=True)
+    with pytest.raises(CheckpointError, match="holds no EMA weights"):
+        convert_fairchem({"state_dict": state}, use_ema=True)
+
+
+def test_fairchem_cli_and_pickled_checkpoints(tmp_path, capsys):
+    import pathlib
+
+    state = synthetic_fairchem_state(True)
+    ckpt = {"state_dict": {"module." + k: v for k, v in state.items()},
+            "config": {"model": "gemnet_t", "model_attributes": {"cutoff": 6.0, "direct_forces": True},
+                       "dataset": [{"normalize_labels": True, "target_mean": -0.7, "target_std": 2.9,
+                                    "grad_target_mean": 0.0, "grad_target_std": 2.9}]}}
+    src, out = tmp_path / "fairchem.pt", tmp_path / "ours.pt"
+    torch.save(ckpt, src)
+    main(["--from", "fairchem", str(src), "--output", str(out)])
+    model, info = model_from_checkpoint(str(out))
+    assert info["name"] == "gemnet_dt" and info["normalizer"] == {"mean": -0.7, "std": 2.9}
+    assert info["cutoff"] == 6.0 and info["max_neighbors"] == 50 and "fairchem" in info["extra"]["source"]
+    assert model.cfg.symmetric_edges == "one_sided" and model.cfg.force_mlp_dense and model.cfg.num_elements == 83
+    pickled = tmp_path / "pickled.pt"
+    torch.save({**ckpt, "config": {**ckpt["config"], "cmd": {"dir": pathlib.PurePosixPath("/x")}}}, pickled)
+    assert run_main(main, ["--from", "fairchem", str(pickled), "--output", str(out)]) == 2
+    assert "--allow_pickle" in capsys.readouterr().err
+    main(["--from", "fairchem", str(pickled), "--output", str(out), "--allow_pickle"])
+
+
 # ---------------------------------------------------------------------------------------------
 # fairchem's own modules (fairchem-core < 2 installed; skipped otherwise)
 # ---------------------------------------------------------------------------------------------
@@ -471,6 +512,7 @@ def test_fairchem_gemnet_forward_pass_reproduced(fairchem, direct):
         for name, p in fc.named_parameters():
             p.copy_(0.5 + torch.rand(()) if name.endswith("scale_factor") else p + 0.1 * torch.randn_like(p))
     assert {k: tuple(v.shape) for k, v in fc.state_dict().items()} == fairchem_gemnet_layout(direct)
+    assert [k for k, p in fc.named_parameters() if p.requires_grad] == fairchem_trainable_keys(fc.state_dict())
     model = gemnet_from_fairchem(fc.state_dict(), cutoff=cutoff)
     data, items = fairchem_inputs(cutoff, max_neighbors)
     data.pos.requires_grad_(True)
