@@ -72,8 +72,9 @@ def model_from_checkpoint(path: str, device="cpu", use_ema: bool = True) -> Tupl
         weights = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
         own = model.state_dict()
         if set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
+            missing, unexpected = sorted(set(own) - set(weights))[:5], sorted(set(weights) - set(own))[:5]
             raise CheckpointError(f"checkpoint {path}: its EMA weights do not match the model (keys missing "
-                                  f"{sorted(set(own) - set(weights))[:5]}, unexpected {sorted(set(weights) - set(own))[:5]})")
+                                  f"{missing}, unexpected {unexpected}, or shapes differ)")
         model.load_state_dict(weights)
         ema_loaded = True
     for key in ("normalizer", "cutoff", "max_neighbors"):

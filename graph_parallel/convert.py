@@ -73,7 +73,8 @@ def load_foreign(path, allow_pickle: bool = False) -> Dict[str, Any]:
         except Exception:  # noqa: BLE001 - not a zip file
             unsafe = []
         if unsafe and not allow_pickle:
-            raise CheckpointError(f"{path} pickles objects other than tensors and plain data ({', '.join(unsafe[:5])}); "
+            raise CheckpointError(f"{path} pickles objects other than tensors and plain data "
+                                  f"({', '.join(unsafe[:5])}); "
                                   "if you trust the file, rerun with --allow_pickle (loading it runs its pickle), "
                                   "or save its state_dict alone") from None
         raise CheckpointError(f"cannot read {path} as a torch file ({type(err).__name__}: "
@@ -515,8 +516,8 @@ def main(argv=None) -> Converted:
             raise ConfigError("--use_ema and --full_angle_gradients apply to --from fairchem only")
         state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
         cutoff = 5.0 if args.cutoff is None else args.cutoff
-        model = dimenetpp_from_state_dict(state, cutoff, 5 if args.envelope_exponent is None else args.envelope_exponent,
-                                          where=where)
+        envelope = 5 if args.envelope_exponent is None else args.envelope_exponent
+        model = dimenetpp_from_state_dict(state, cutoff, envelope, where=where)
         converted = Converted("dimenetpp", model, normalizer or {"mean": 0.0, "std": 1.0}, cutoff,
                               32 if args.max_neighbors is None else args.max_neighbors)
         source = "converted from PyG DimeNetPlusPlus"

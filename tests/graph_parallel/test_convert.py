@@ -90,6 +90,7 @@ def assert_close_scaled(got, ref, rel, what):
 @pytest.fixture(scope="module")
 def pyg():
     """PyG's DimeNetPlusPlus with random float64 weights (built once: its sympy bases take seconds)."""
+    pytest.importorskip("torch_geometric", reason="torch_geometric is a test dependency (pure Python)")
     from torch_geometric.nn.models import DimeNetPlusPlus
 
     torch.manual_seed(0)
@@ -312,7 +313,8 @@ def test_fairchem_gemnet_layout_maps_with_documented_transforms(direct):
     assert float(own["outputs.1.scale_sum.scale"]) == float(state["out_blocks.1.scale_sum.scale_factor"])
     if direct:
         assert torch.equal(own["outputs.1.out_forces.weight"], -state["out_blocks.1.out_forces.linear.weight"])
-        assert torch.equal(own["outputs.0.seq_forces.0.linear.weight"], state["out_blocks.0.seq_forces.0.linear.weight"])
+        assert torch.equal(own["outputs.0.seq_forces.0.linear.weight"],
+                           state["out_blocks.0.seq_forces.0.linear.weight"])
         assert torch.equal(own["outputs.0.dense_rbf_f.linear.weight"], state["out_blocks.0.dense_rbf_F.linear.weight"])
     # every fairchem number lands somewhere: parameter counts agree (minus aliases and fixed Gaussian centres)
     theirs = sum(v.numel() for k, v in state.items() if ".seq_energy." not in k and not k.endswith(".offset"))
@@ -396,7 +398,8 @@ def _scatter(src, index, dim=0, out=None, dim_size=None, reduce="sum"):
     idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
     total = src.new_zeros((size,) + src.shape[1:]).scatter_add(0, idx, src)
     if reduce == "mean":
-        return total / torch.bincount(index, minlength=size).clamp(min=1).to(src.dtype).view(-1, *([1] * (src.dim() - 1)))
+        counts = torch.bincount(index, minlength=size).clamp(min=1).to(src.dtype)
+        return total / counts.view(-1, *([1] * (src.dim() - 1)))
     return total
 
 
@@ -624,7 +627,7 @@ def test_load_scale_file_fairchem_format(tmp_path):
     assert float(model.interactions[0].atom_update.scale_sum.scale) == values["AtomUpdate_1_sum"]
     assert "scale_rbf_f.scale" in "".join(model.state_dict())           # stored in checkpoints as before
     # older files name the atom update IntBlock_{i}_sum; 0 means "not fitted" (no scaling)
-    legacy = {("IntBlock_" + k[len("AtomUpdate_"):] if k.startswith("AtomUpdate_") else k): v for k, v in values.items()}
+    legacy = {k.replace("AtomUpdate_", "IntBlock_"): v for k, v in values.items()}
     legacy["OutBlock_0_sum"] = 0.0
     path.write_text(json.dumps(legacy))
     load_scale_file(model, path)
