@@ -367,7 +367,7 @@ def scale_factors_by_name(model: GemNetT) -> Dict[str, ScaleFactor]:
 def load_scale_file(model: GemNetT, path: Union[str, Path]) -> Dict[str, float]:
     """Set the scaling factors from a fairchem scale file (JSON: name -> float); returns what was set.
 
-    Format: ``{"comment": "...", "TripInteraction_1_had_rbf": 18.87, ...}`` (the "comment" key,
+    Format: ``{"comment": "...", "TripInteraction_1_had_rbf": 15.2, ...}`` (the "comment" key,
     which older files have, is ignored; files that name the atom update ``IntBlock_{i}_sum`` are
     read as ``AtomUpdate_{i}_sum``). Every factor of the model must be named and every name must
     be a factor of the model, else :class:`DataError` lists the differences. A value of 0 means
