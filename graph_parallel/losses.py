@@ -117,15 +117,14 @@ def s2ef_loss(energy: Tensor, forces: Optional[Tensor], batch: S2EFBatch, norm: 
     loss = energy_coef * mean_structures |dE| + force_coef * mean_free_atoms ||dF||_2, in normalised
     units. ``loss_value`` is detached and identical on every rank of the dp group. No host sync.
     """
-    free = batch.fixed == 0
+    free = (batch.fixed == 0).to(energy.dtype)           # a mask, not boolean indexing (that syncs)
     target_e = (batch.energy.to(energy.dtype) - norm.mean) / norm.std
     e_err = (energy - target_e).abs().sum()
     f_err = energy.new_zeros(())
     if forces is not None and force_coef:
-        diff = forces[free] - batch.forces.to(forces.dtype)[free] / norm.std
-        f_err = torch.sqrt((diff * diff).sum(-1) + 1e-24).sum()            # eps: finite grad at exact zero
-    counts = _dp_sum(torch.stack([energy.new_full((), float(batch.num_structures)), free.sum().to(energy.dtype)]),
-                     dp_group)
+        diff = forces - batch.forces.to(forces.dtype) / norm.std
+        f_err = (torch.sqrt((diff * diff).sum(-1) + 1e-24) * free).sum()   # eps: finite grad at exact zero
+    counts = _dp_sum(torch.stack([energy.new_full((), float(batch.num_structures)), free.sum()]), dp_group)
     share = energy_coef * e_err / counts[0] + force_coef * f_err / counts[1].clamp(min=1)
     value = _dp_sum(share.detach().clone(), dp_group)
     return share * _dp_size(dp_group), value
@@ -146,7 +145,7 @@ def s2ef_error_sums(energy: Tensor, forces: Optional[Tensor], batch: S2EFBatch, 
     device = energy.device
     energy = energy.detach().double() * norm.std + norm.mean
     target_e = batch.energy.double()
-    free = batch.fixed == 0
+    free = (batch.fixed == 0).double()                   # masks throughout: boolean indexing would sync
     de = (energy - target_e).abs()
     zero = torch.zeros((), dtype=torch.float64, device=device)
     f_abs = f_cos = f_l2 = zero
@@ -155,11 +154,11 @@ def s2ef_error_sums(energy: Tensor, forces: Optional[Tensor], batch: S2EFBatch, 
     if forces is not None:
         forces = forces.detach().double() * norm.std
         diff = forces - target_f
-        df = diff.abs()
-        f_abs = df[free].sum()
-        f_l2 = diff[free].norm(dim=-1).sum()
-        f_cos = torch.nn.functional.cosine_similarity(forces[free], target_f[free], dim=-1).sum()
-        max_df = torch.zeros_like(de).scatter_reduce(0, batch.batch[free], df[free].amax(-1), reduce="amax")
+        df = diff.abs() * free[:, None]
+        f_abs = df.sum()
+        f_l2 = (diff.norm(dim=-1) * free).sum()
+        f_cos = (torch.nn.functional.cosine_similarity(forces, target_f, dim=-1) * free).sum()
+        max_df = torch.zeros_like(de).scatter_reduce(0, batch.batch, df.amax(-1), reduce="amax")
         within = within & (max_df < efwt_force)
     else:
         within = torch.zeros_like(within)
@@ -170,7 +169,7 @@ def s2ef_error_sums(energy: Tensor, forces: Optional[Tensor], batch: S2EFBatch, 
         linref_abs = (target_e - baselines.linref_energy(batch, weights)).abs().sum()
     return torch.stack([de.sum(), f_abs, f_cos, within.sum().double(),
                         torch.full((), float(batch.num_structures), dtype=torch.float64, device=device),
-                        free.sum().double(), f_l2, mean_abs, linref_abs, target_f[free].abs().sum()])
+                        free.sum(), f_l2, mean_abs, linref_abs, (target_f.abs() * free[:, None]).sum()])
 
 
 def s2ef_metrics(sums: Sequence[float], norm: Normalizer = Normalizer(), energy_coef: float = 1.0,

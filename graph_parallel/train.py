@@ -364,7 +364,9 @@ def _run(args, device, grid, model, name, preset, meta, norm, baselines, precisi
         memory = gather_peak_memory(device, extra=before)
         peaks = [m[0] for m in memory]
         logger.log((), {"peak_memory_mb": max(peaks)})
-        summary = {**meter.summary(), **world_info(grid), "parameters": n_params, "peak_memory_mb_per_rank": peaks,
+        timing = meter.summary()
+        timing["timed_steps"] = timing.pop("steps")
+        summary = {**timing, **world_info(grid), "parameters": n_params, "peak_memory_mb_per_rank": peaks,
                    "memory_growth_mb_per_rank": [round(m[0] - m[1], 1) for m in memory]}
         if is_main_process():
             print("BENCHMARK " + json.dumps(summary), flush=True)

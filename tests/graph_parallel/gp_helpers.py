@@ -16,11 +16,11 @@ TRAIN_FRAMES = list(range(0, 144, 9))
 VAL_FRAMES = [0, 9, 18, 27]
 
 
-def tiny_dataset(directory: Path, train=TRAIN_FRAMES, val=VAL_FRAMES) -> Path:
-    """``directory`` with train.lmdb and val.lmdb cut from the embedded set."""
+def tiny_dataset(directory: Path, train=TRAIN_FRAMES, val=VAL_FRAMES, val_source: str = "val") -> Path:
+    """``directory`` with train.lmdb and val.lmdb cut from the embedded set (val frames from ``val_source``)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name, picks in (("train", train), ("val", val)):
-        source = LmdbDataset(EMBEDDED_DATA_DIR / f"{name}.lmdb")
+    for name, picks, source_name in (("train", train, "train"), ("val", val, val_source)):
+        source = LmdbDataset(EMBEDDED_DATA_DIR / f"{source_name}.lmdb")
         write_lmdb(directory / f"{name}.lmdb", [source.raw(i) for i in picks])
     return directory
 
