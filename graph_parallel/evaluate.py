@@ -35,10 +35,12 @@ def format_table(split: str, metrics: Dict[str, float]) -> str:
         value = metrics.get(f"{split}_{name}")
         return f"{value:>12.4f}" if value is not None else f"{'-':>12}"
 
-    lines = [f"{split} ({metrics[f'{split}_size']} structures) {'model':>10} {'mean':>12} {'linref':>12} {'zero':>12}",
-             f"{'energy MAE (eV)':<22} {cell('energy_mae')} {cell('energy_mae_baseline_mean')} "
+    header = f"{split} ({metrics[f'{split}_size']} structures)"
+    lines = [f"{header:<22} {'model':>12} {'baseline:':>12} {'mean':>12} {'linref':>12} {'zero':>12}",
+             f"{'energy MAE (eV)':<22} {cell('energy_mae')} {'':>12} {cell('energy_mae_baseline_mean')} "
              f"{cell('energy_mae_baseline_linref')} {'-':>12}",
-             f"{'forces MAE (eV/A)':<22} {cell('forces_mae')} {'-':>12} {'-':>12} {cell('forces_mae_baseline_zero')}",
+             f"{'forces MAE (eV/A)':<22} {cell('forces_mae')} {'':>12} {'-':>12} {'-':>12} "
+             f"{cell('forces_mae_baseline_zero')}",
              f"{'forces cosine':<22} {cell('forces_cos')}",
              f"{'EFwT (%)':<22} {cell('efwt')}"]
     return "\n".join(lines)
