@@ -106,7 +106,7 @@ def positive_float(text: str) -> float:
 
 DEFAULTS = dict(batch_size=32, epochs=10, learning_rate=1e-3, weight_decay=0.0, optimizer="adam", seed=0,
                 num_workers=None, gradient_clip=None, accumulate_grad_batches=1, eval_interval=1, ckpt_interval=1,
-                ckpt_steps=0, keep_last=3, data_dir="data_cache", log_dir="results", save_ckpt_path=None,
+                ckpt_steps=0, keep_last=3, data_dir="data", log_dir="results", save_ckpt_path=None,
                 load_ckpt_path=None, log_interval=10, wandb_project="molrecipes", benchmark_warmup=10,
                 benchmark_steps=50, max_steps=None, max_minutes=None, beta1=0.9, beta2=0.999, momentum=None,
                 dist_timeout=10.0, dllogger_name="log.json")
