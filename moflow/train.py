@@ -24,7 +24,7 @@ from moflow.generate import sample_smiles
 from moflow.model import MoFlow, MoFlowObjective, initialize_actnorm
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from runtime.cli import ArgumentParser, add_bool, add_common_args, optimizer_betas, resolve_num_workers
+from runtime.cli import ArgumentParser, add_bool, add_common_args, add_refused, optimizer_betas, resolve_num_workers
 from runtime.compile import maybe_compile
 from runtime.cuda_graphs import materialize_grads, require_cuda_graphs
 from runtime.data import EpochSampler, ShardSampler, make_loader
@@ -74,6 +74,9 @@ def build_parser() -> ArgumentParser:
     g = p.add_argument_group("CUDA")
     g.add_argument("--cuda_graph_warmup", type=int, default=20, help="eager steps before CUDA graph capture")
     add_bool(g, "--streams", default=True, help="run the bond and atom flows on two CUDA streams (off under --compile)")
+    add_refused(p, "--warmup_steps", "use --cuda_graph_warmup (eager steps before CUDA graph capture) and "
+                                     "--benchmark_warmup (steps excluded from timing)")
+    add_refused(p, "--allow_untrained", "it belongs to moflow.generate / moflow.predict")
     return p
 
 

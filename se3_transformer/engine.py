@@ -287,12 +287,12 @@ def l1_loss(pred: torch.Tensor, y: torch.Tensor, scaler: TargetScaler) -> torch.
 
 
 # ---- evaluate / predict ----------------------------------------------------------------------------
-def build_inference_parser(prog: str, description: str, log_dir: str) -> argparse.ArgumentParser:
+def build_inference_parser(prog: str, description: str, entry: str) -> argparse.ArgumentParser:
     """The flags of ``evaluate`` and ``predict``: the shared eval group, data, model (checked against
     the checkpoint), kernels and ``--split``."""
     parser = ArgumentParser(prog=prog, description=description)
-    add_common_args(parser, kind="eval", batch_size=240, data_dir=DEFAULT_DATA_DIR, log_dir=log_dir,
-                    benchmark_warmup=3, benchmark_steps=10)
+    add_common_args(parser, kind="eval", batch_size=240, data_dir=DEFAULT_DATA_DIR, log_dir="results/se3_transformer",
+                    dllogger_name=f"{entry}_log.json", benchmark_warmup=3, benchmark_steps=10)
     add_data_args(parser, from_checkpoint=True)
     add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--split", choices=SPLITS, default="test", help="which split of the dataset to use")

@@ -22,7 +22,7 @@ from se3_transformer.engine import RECIPE, InferenceRun, baseline_mae, benchmark
 
 def build_parser():
     return build_inference_parser("python -m se3_transformer.evaluate", __doc__.split("\n\n")[0],
-                                  "results/se3_transformer_evaluate")
+                                  "evaluate")
 
 
 def main(argv: Optional[List[str]] = None) -> dict:

@@ -26,7 +26,7 @@ from se3_transformer.engine import RECIPE, InferenceRun, benchmark_inference, bu
 
 def build_parser():
     parser = build_inference_parser("python -m se3_transformer.predict", __doc__.split("\n\n")[0],
-                                    "results/se3_transformer_predict")
+                                    "predict")
     parser.add_argument("--output", default=None,
                         help="CSV file to write (default: LOG_DIR/predictions_SPLIT.csv)")
     return parser

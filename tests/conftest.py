@@ -9,6 +9,7 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MOLRECIPES_COMPILE_BACKEND", "eager")  # trace --compile paths without inductor codegen
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 CKPT="${CKPT:-results/se3_transformer/se3_transformer_homo.pt}"
 SPLIT="${SPLIT:-test}"
-LOG_DIR="${LOG_DIR:-results/se3_transformer_predict}"
+LOG_DIR="${LOG_DIR:-results/se3_transformer}"
 python -m se3_transformer.evaluate --load_ckpt_path "$CKPT" --split "$SPLIT" --log_dir "$LOG_DIR/evaluate" "$@"
 python -m se3_transformer.predict --load_ckpt_path "$CKPT" --split "$SPLIT" \
     --output "$LOG_DIR/predictions_${SPLIT}.csv" --log_dir "$LOG_DIR" "$@"

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATASET="${DATASET:-qm9pack}"
 TASK="${TASK:-homo}"
-DATA_DIR="${DATA_DIR:-data_cache/se3_transformer}"
+DATA_DIR="${DATA_DIR:-data/se3_transformer}"
 LOG_DIR="${LOG_DIR:-results/se3_transformer}"
 python -m se3_transformer.train --dataset "$DATASET" --task "$TASK" --data_dir "$DATA_DIR" --log_dir "$LOG_DIR" \
     --batch_size 240 --epochs 100 --learning_rate 0.002 --weight_decay 0.1 --use_layer_norm true --norm true \

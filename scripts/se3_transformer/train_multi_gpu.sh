@@ -8,7 +8,7 @@ GPUS="$(python -c "import torch; print(torch.cuda.device_count())")"
 NPROC="${NPROC:-$(( GPUS > 0 ? GPUS : 2 ))}"
 DATASET="${DATASET:-qm9pack}"
 TASK="${TASK:-homo}"
-DATA_DIR="${DATA_DIR:-data_cache/se3_transformer}"
+DATA_DIR="${DATA_DIR:-data/se3_transformer}"
 LOG_DIR="${LOG_DIR:-results/se3_transformer}"
 torchrun --standalone --nproc_per_node "$NPROC" -m se3_transformer.train --dataset "$DATASET" --task "$TASK" \
     --data_dir "$DATA_DIR" --log_dir "$LOG_DIR" --batch_size 240 --epochs 100 --learning_rate 0.002 \

@@ -37,7 +37,7 @@ from se3_transformer.model.basis import compute_basis
 
 SAMPLE_PATH = Path(__file__).with_name("qm9_sample.npz")
 DATASETS = ("sample", "qm9pack", "dgl")
-DEFAULT_DATA_DIR = "data_cache/se3_transformer"
+DEFAULT_DATA_DIR = "data/se3_transformer"
 SPLIT = (100_000, 17_748, 13_083)  # train / val / test on the full 130,831 molecules
 SPLITS = ("train", "val", "test")
 NODE_FEATURE_DIM, EDGE_FEATURE_DIM = 6, 4  # one-hot H C N O F + protons; single double triple aromatic

@@ -67,7 +67,7 @@ def test_evaluate_and_predict_use_the_checkpoint(trained, tmp_path):
     scores = evaluate.main(["--load_ckpt_path", ckpt, "--split", "val", "--silent", "--log_dir", str(tmp_path / "e")])
     assert scores["val_mae"] == pytest.approx(result["val_mae"], rel=1e-6)
     assert scores["val_mae_baseline_mean"] == pytest.approx(result["val_mae_baseline_mean"], rel=1e-9)
-    assert summary(tmp_path / "e")["val_mae"] == pytest.approx(scores["val_mae"])
+    assert summary(tmp_path / "e", "evaluate_log.json")["val_mae"] == pytest.approx(scores["val_mae"])
 
     # NVIDIA's model flags are accepted when they agree; the kernels may change freely
     again = evaluate.main(["--load_ckpt_path", ckpt, "--split", "val", "--silent", "--norm", "true",
@@ -112,10 +112,10 @@ def test_benchmark_modes_log_throughput_and_latency(tmp_path, trained):
     assert stats["steps"] == 2 and logged["train_steps"] == 2 and logged["train_throughput"] > 0
     assert {f"train_latency_{s}" for s in ("mean", "p50", "p90", "p95", "p99")} <= set(logged)
     assert logged["peak_memory_mb"] > 0 and "val_mae" not in logged
-    for module, name in ((evaluate, "e"), (predict, "p")):
+    for module, name in ((evaluate, "evaluate"), (predict, "predict")):
         module.main(["--load_ckpt_path", str(trained[0] / "model.pt"), "--silent", "--split", "train",
                      "--log_dir", str(tmp_path / name), *bench])
-        logged = summary(tmp_path / name)
+        logged = summary(tmp_path / name, f"{name}_log.json")
         assert logged["inference_steps"] == 2 and logged["inference_throughput"] > 0
         assert "inference_latency_p99" in logged and "train_mae" not in logged
 
