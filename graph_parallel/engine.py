@@ -47,6 +47,8 @@ from .models import predict
 
 RECIPE = "graph_parallel"
 EMBEDDED = "emt_small"
+DEFAULT_DATA_DIR = "data/graph_parallel"
+RESULTS_DIR = "results/graph_parallel"
 DEFAULT_CUTOFF, DEFAULT_MAX_NEIGHBORS = 6.0, 50
 CUDA_GRAPHS_REFUSED = ("--cuda_graphs is not supported by graph_parallel: every batch has other atom, edge and "
                        "triplet counts and the collectives change with them, so no fixed-shape step can be "
@@ -119,9 +121,9 @@ def dataset_dir(dataset: str, data_dir: str) -> Path:
         if candidate.exists():
             raise DataError(f"--dataset {dataset}: {candidate} is a file; give the directory that holds the "
                             "splits (train.lmdb, val.lmdb, ...)")
-    raise MissingFileError(f"--dataset {dataset}: neither {given} nor {Path(data_dir) / dataset} is a directory; "
-                           f"build one with `python -m graph_parallel.make_dataset --out_dir {Path(data_dir) / dataset}`"
-                           f" or use --dataset {EMBEDDED}")
+    under = Path(data_dir) / dataset
+    raise MissingFileError(f"--dataset {dataset}: neither {given} nor {under} is a directory; build one with "
+                           f"`python -m graph_parallel.make_dataset --out_dir {under}` or use --dataset {EMBEDDED}")
 
 
 def dataset_name(dataset: str, data_dir: str) -> str:
@@ -241,13 +243,16 @@ def check_output_locations(log_dir: str, save_path: Optional[str] = None) -> Non
 
 
 # ---- evaluate / predict ------------------------------------------------------------------------------
-def build_inference_parser(prog: str, description: str, log_dir: str) -> argparse.ArgumentParser:
-    """The flags of ``evaluate`` and ``predict``: the shared eval group, data, ``--split``, ``--gp_size``."""
+def build_inference_parser(prog: str, description: str, entry: str) -> argparse.ArgumentParser:
+    """The flags of ``evaluate`` and ``predict``: the shared eval group, data, ``--split``, ``--gp_size``.
+
+    Their log is ``{entry}_log.json`` in the recipe's results directory, beside the training log (which
+    a new evaluation therefore does not set aside)."""
     from runtime.cli import ArgumentParser, add_bool, add_common_args
 
     parser = ArgumentParser(prog=prog, description=description)
-    add_common_args(parser, kind="eval", batch_size=8, data_dir="data_cache", log_dir=log_dir,
-                    benchmark_warmup=3, benchmark_steps=10)
+    add_common_args(parser, kind="eval", batch_size=8, data_dir=DEFAULT_DATA_DIR, log_dir=RESULTS_DIR,
+                    dllogger_name=f"{entry}_log.json", benchmark_warmup=3, benchmark_steps=10)
     add_data_args(parser, from_checkpoint=True)
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split to use")
     add_grid_args(parser)

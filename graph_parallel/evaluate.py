@@ -26,7 +26,7 @@ from .engine import RECIPE, InferenceRun, benchmark_inference, build_inference_p
 
 def build_parser():
     return build_inference_parser("python -m graph_parallel.evaluate", __doc__.split("\n\n")[0],
-                                  "results/graph_parallel_evaluate")
+                                  "evaluate")
 
 
 def format_table(split: str, metrics: Dict[str, float]) -> str:

@@ -44,8 +44,9 @@ KEYS = ("index", "sid", "fid", "natoms", "energy", "forces", "energy_target", "f
 
 def build_parser():
     parser = build_inference_parser("python -m graph_parallel.predict", __doc__.split("\n\n")[0],
-                                    "results/graph_parallel_predict")
-    parser.add_argument("--output", default=None, help="the .npz file to write (default: LOG_DIR/predictions_SPLIT.npz)")
+                                    "predict")
+    parser.add_argument("--output", default=None,
+                        help="the .npz file to write (default: LOG_DIR/predictions_SPLIT.npz)")
     return parser
 
 

@@ -54,9 +54,9 @@ from runtime.precision import set_tf32
 
 from .data import Collater
 from .ema import EMA
-from .engine import DEFAULT_CUTOFF, DEFAULT_MAX_NEIGHBORS, RECIPE, add_data_args, add_grid_args, \
-    check_output_locations, check_performance_flags, dataset_dir, dataset_name, eval_loader, evaluate_split, \
-    forward, gather_peak_memory, make_collater, make_grid, make_precision, open_split, world_info
+from .engine import DEFAULT_CUTOFF, DEFAULT_DATA_DIR, DEFAULT_MAX_NEIGHBORS, RECIPE, RESULTS_DIR, add_data_args, \
+    add_grid_args, check_output_locations, check_performance_flags, dataset_dir, dataset_name, eval_loader, \
+    evaluate_split, forward, gather_peak_memory, make_collater, make_grid, make_precision, open_split, world_info
 from .losses import EnergyBaselines, Normalizer, energy_statistics, s2ef_loss
 from .models import MODELS, build_model, count_parameters, fit_scale_factors, load_scale_file, \
     model_from_config, scale_factors_by_name
@@ -66,7 +66,7 @@ from .parallel import sync_gradients
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m graph_parallel.train", description=__doc__.split("\n\n")[0])
     add_common_args(parser, kind="train", batch_size=4, epochs=5, learning_rate=5e-4, optimizer="adamw",
-                    gradient_clip=10.0, data_dir="data_cache", log_dir="results/graph_parallel", keep_last=2,
+                    gradient_clip=10.0, data_dir=DEFAULT_DATA_DIR, log_dir=RESULTS_DIR, keep_last=2,
                     benchmark_warmup=3, benchmark_steps=10)
     add_data_args(parser)
     g = parser.add_argument_group("model")

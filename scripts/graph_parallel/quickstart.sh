@@ -9,7 +9,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../env.sh"
 OUT="${OUT:-${OUT_ROOT:-results/quickstart}/graph_parallel}"
-DATA="${DATA:-data_cache/emt100}"
+DATA="${DATA:-data/graph_parallel/emt100}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 RUN=(torchrun --standalone --nproc_per_node 2)
 if [ ! -e "$DATA/train.lmdb" ] || [ ! -e "$DATA/val.lmdb" ]; then
@@ -19,8 +19,8 @@ fi
     --cutoff 4.5 --max_neighbors 20 --epochs 1 --batch_size 4 --learning_rate 5e-3 --warmup_steps 20 \
     --log_interval 20 --log_dir "$OUT" --save_ckpt_path "$OUT/checkpoint.pt" "$@"
 "${RUN[@]}" -m graph_parallel.evaluate --gp_size 2 --load_ckpt_path "$OUT/checkpoint.pt" --dataset "$DATA" \
-    --split val --log_dir "$OUT/evaluate"
+    --split val --log_dir "$OUT"
 "${RUN[@]}" -m graph_parallel.predict --gp_size 2 --load_ckpt_path "$OUT/checkpoint.pt" --dataset "$DATA" \
-    --split val --output "$OUT/predictions_val.npz" --log_dir "$OUT/predict"
+    --split val --output "$OUT/predictions_val.npz" --log_dir "$OUT"
 python -m runtime.plot "$OUT"
 echo "checkpoint: $OUT/checkpoint.pt  predictions: $OUT/predictions_val.npz  curves: $OUT/curves.png"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data x graph parallel training under torchrun: NPROC processes, GP_SIZE of them split each graph.
-#   NPROC=4 GP_SIZE=2 MODEL=dimenetpp PRESET=large DATASET=data_cache/oc20_emt bash scripts/graph_parallel/train_gp.sh --epochs 20
+#   NPROC=4 GP_SIZE=2 MODEL=dimenetpp PRESET=large DATASET=data/graph_parallel/oc20_emt bash scripts/graph_parallel/train_gp.sh --epochs 20
 set -euo pipefail
 source "$(dirname "$0")/../env.sh"
 NPROC="${NPROC:-2}"

@@ -33,8 +33,8 @@ def train_args(data: Path, out: Path, *extra) -> list:
                              "--learning_rate", "3e-3", *extra)]
 
 
-def records(log_dir: Path):
-    return [r for r in read_dllogger(str(Path(log_dir) / "log.json")) if r.get("type") == "LOG"]
+def records(log_dir: Path, name: str = "log.json"):
+    return [r for r in read_dllogger(str(Path(log_dir) / name)) if r.get("type") == "LOG"]
 
 
 def step_losses(log_dir: Path) -> dict:

@@ -31,7 +31,7 @@ def test_evaluate_reports_the_metrics_beside_the_baselines(tmp_path, trained, ca
         assert result[key] == pytest.approx(train_result[key], rel=1e-6), key     # the EMA weights, as in training
     table = capsys.readouterr().out
     assert "energy MAE (eV)" in table and "forces MAE (eV/A)" in table and "linref" in table
-    logged = [r["data"] for r in records(tmp_path) if r["step"] == []]
+    logged = [r["data"] for r in records(tmp_path, "evaluate_log.json") if r["step"] == []]
     assert any("val_energy_mae_baseline_linref" in d for d in logged)
     raw = evaluate.main(["--load_ckpt_path", str(ckpt), "--dataset", str(data), "--log_dir", str(tmp_path),
                          "--use_ema", "false", "--split", "train", "--silent"])

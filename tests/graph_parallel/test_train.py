@@ -7,7 +7,7 @@ from graph_parallel import train
 from graph_parallel.checkpoints import write_model_checkpoint
 from graph_parallel.models import build_model, save_scale_file, scale_factors_by_name
 from runtime.errors import CheckpointError, ConfigError, DataError, MissingFileError, run_main
-from tests.graph_parallel.gp_helpers import TRAIN_FRAMES, records, step_losses, tiny_dataset, train_args
+from tests.graph_parallel.gp_helpers import records, step_losses, tiny_dataset, train_args
 
 
 @pytest.fixture(scope="module")
