@@ -124,7 +124,7 @@ def resolve_model(args, state: Optional[Dict]):
     meta = (state or {}).get("meta") or {}
     extra = (state or {}).get("extra") or {}
     if state is not None:
-        if meta.get("recipe") != RECIPE:
+        if meta.get("recipe") not in (None, RECIPE):      # None: written before meta carried the identity
             raise CheckpointError(f"checkpoint {path} does not match this run: recipe: checkpoint has "
                                   f"{meta.get('recipe')!r}, this run has {RECIPE!r}")
         name = meta.get("model") or extra.get("model_name")
@@ -252,7 +252,10 @@ def train(args, env) -> dict:
     data_name = dataset_name(args.dataset, args.data_dir)
     meta = {"recipe": RECIPE, "model": name, "config": model.config_dict(), "dataset": data_name}
     if resuming:
-        check_meta(args.load_ckpt_path, state["meta"], {"dataset": data_name})
+        try:
+            check_meta(args.load_ckpt_path, state["meta"], {"dataset": data_name})
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; to train its weights on this dataset, add --finetune") from None
     extra = state["extra"] if state is not None else {}
     if resuming:
         norm = Normalizer(**extra["normalizer"])
