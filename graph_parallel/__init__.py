@@ -2,5 +2,7 @@
 
 data -> models -> parallel -> train: ``graph_parallel.data`` reads and writes OC20 S2EF LMDBs and
 builds periodic radius graphs, ``graph_parallel.parallel`` splits one graph across the ranks of a
-graph-parallel group, ``graph_parallel.models`` holds the networks, ``graph_parallel.train`` the loop.
+graph-parallel group, ``graph_parallel.models`` holds the networks; ``graph_parallel.train``,
+``graph_parallel.evaluate`` and ``graph_parallel.predict`` are the entry points (``engine`` is what
+they share).
 """

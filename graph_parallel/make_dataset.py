@@ -10,11 +10,15 @@ stored with their total EMT energy and all atoms' forces. Systems (sids) are spl
 """
 from __future__ import annotations
 
-import argparse
+import sys
+import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
+
+from runtime.cli import ArgumentParser, positive_int
+from runtime.errors import ConfigError, run_main
 
 from .data import frame_from_atoms, write_lmdb
 
@@ -78,7 +82,10 @@ def relax_frames(atoms, sid: int, rng: np.random.Generator, frames: int, max_ste
 def make_dataset(out_dir: Path, num_systems: int, frames_per_system: int, val_fraction: float, seed: int,
                  size=(2, 2, 3), max_steps: int = 60, verbose: bool = True) -> Dict[str, int]:
     if num_systems < 2:
-        raise ValueError("--num_systems must be >= 2 (one validation system at least)")
+        raise ConfigError("--num_systems must be >= 2 (one validation system at least)")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"--val_fraction must lie in (0, 1), got {val_fraction}")
+    started = time.time()
     rng = np.random.default_rng(seed)
     n_val = max(1, int(round(num_systems * val_fraction)))
     splits = {"train": [], "val": []}
@@ -91,24 +98,23 @@ def make_dataset(out_dir: Path, num_systems: int, frames_per_system: int, val_fr
                   f"E {frames[0]['energy']:.3f} -> {frames[-1]['energy']:.3f} eV")
     counts = {name: write_lmdb(Path(out_dir) / f"{name}.lmdb", frames) for name, frames in splits.items()}
     if verbose:
-        print(f"wrote {counts} frames to {out_dir}")
+        print(f"wrote {counts} frames to {out_dir} in {time.time() - started:.1f} s")
     return counts
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def main(argv: Optional[List[str]] = None) -> Dict[str, int]:
+    parser = ArgumentParser(prog="python -m graph_parallel.make_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out_dir", type=Path, required=True, help="writes train.lmdb and val.lmdb here")
     parser.add_argument("--num_systems", type=int, default=30, help="slab+adsorbate systems (relaxations)")
-    parser.add_argument("--frames_per_system", type=int, default=6, help="frames kept per relaxation")
+    parser.add_argument("--frames_per_system", type=positive_int, default=6, help="frames kept per relaxation")
     parser.add_argument("--val_fraction", type=float, default=0.2, help="fraction of systems for val.lmdb")
     parser.add_argument("--slab_size", type=int, nargs=3, default=(2, 2, 3), help="slab repeats (x, y, layers)")
-    parser.add_argument("--max_steps", type=int, default=60, help="BFGS steps per relaxation")
+    parser.add_argument("--max_steps", type=positive_int, default=60, help="BFGS steps per relaxation")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    make_dataset(args.out_dir, args.num_systems, args.frames_per_system, args.val_fraction, args.seed,
-                 size=tuple(args.slab_size), max_steps=args.max_steps)
+    return make_dataset(args.out_dir, args.num_systems, args.frames_per_system, args.val_fraction, args.seed,
+                        size=tuple(args.slab_size), max_steps=args.max_steps)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -1,325 +1,382 @@
-"""Train DimeNet++ / GemNet-T / GemNet-dT on OC20-style S2EF data with data x graph parallelism.
+"""Train DimeNet++ / GemNet-T / GemNet-dT on S2EF energies and forces: ``python -m graph_parallel.train --help``.
 
     torchrun --nproc_per_node 2 -m graph_parallel.train --model dimenetpp --preset small --gp_size 2
 
-``--gp_size`` consecutive ranks share each batch and split its graph; the world size divided by
-``--gp_size`` is the data-parallel size. Without torchrun this is a single process. The default
-data is the small EMT-generated set embedded in the package (graph_parallel/data/emt_small).
+=================  ================================================================================
+concern            rule
+=================  ================================================================================
+loop               :class:`runtime.loop.TrainLoop` drives the run (accumulation, logging, limits,
+                   checkpoint cadence, exact mid-epoch resume); this file says what a step, an
+                   evaluation and a checkpoint are. Batches are drawn per data-parallel rank
+                   (``EpochSampler(num_replicas=dp_size, rank=dp_rank)``), so the ``--gp_size``
+                   ranks of a group share every batch, partitioned for each in the collate workers.
+step               the partition travels with the batch -> predict -> S2EF loss -> backward; then
+                   ``sync_gradients`` (world mean), clip, optimizer step, per-step schedule (linear
+                   warm-up; ``--scheduler step`` decays per step), EMA update. No host reads.
+evaluation         the EMA weights on every validation structure exactly once (ShardSampler over
+                   the dp group); ``val_loss``, energy/force MAE, force cosine, EFwT and the
+                   baselines (training mean, per-element linear reference, zero forces).
+                   ReduceLROnPlateau steps only on scheduled evaluations.
+scale factors      GemNet: fitted on the first ``--fit_scale_batches`` batches of a single process's
+                   epoch-0 order, on rank 0, then broadcast from rank 0; or ``--scale_file``. They
+                   are buffers: checkpoints (model and EMA) carry them, so a resume reuses them.
+checkpoints        ``meta`` = recipe, model, config, dataset; ``extra`` = what
+                   :mod:`graph_parallel.checkpoints` reads (normaliser, cutoff, max_neighbors,
+                   preset, EMA) plus the baselines and the batch geometry. Resume refuses another
+                   model, architecture or dataset (both sides named); ``--finetune`` loads only the
+                   weights (any checkpoint, converted ones too) and fits the data statistics anew.
+fail fast          the output directories, the data (opened, one record decoded) and the
+                   checkpoint are checked before the first step; nothing is created in a data dir.
+=================  ================================================================================
 """
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-from typing import Dict, Optional
+import os
+import sys
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, RandomSampler
 
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import load_checkpoint, save_checkpoint
-from runtime.cli import add_common_args
-from runtime.cuda_graphs import require_cuda_graphs
-from runtime.distributed import ProcessGrid, init_distributed, is_main_process, make_sampler, shutdown
+from runtime.checkpoint import check_meta, load_checkpoint, read_checkpoint, save_checkpoint
+from runtime.cli import ArgumentParser, add_common_args, add_refused, non_negative_int, optimizer_betas, \
+    resolve_num_workers, sgd_momentum
+from runtime.data import EpochSampler, make_loader
+from runtime.distributed import init_distributed, is_initialized, is_main_process, shutdown
+from runtime.errors import CheckpointError, ConfigError, run_main
 from runtime.logging import setup_logger
+from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer, make_scheduler
-from runtime.precision import Precision, set_tf32
-from runtime.progress import progress
-from runtime.seed import seed_everything
+from runtime.precision import set_tf32
 
-from .data import EMBEDDED_DATA_DIR, Collater, LmdbDataset
-from .losses import Normalizer, s2ef_error_sums, s2ef_loss, s2ef_metrics
-from .models import MODELS, build_model, count_parameters, fit_scale_factors, predict
-from .parallel import partition_graph, sync_gradients
+from .data import Collater
+from .ema import EMA
+from .engine import DEFAULT_CUTOFF, DEFAULT_DATA_DIR, DEFAULT_MAX_NEIGHBORS, RECIPE, RESULTS_DIR, add_data_args, \
+    add_grid_args, check_output_locations, check_performance_flags, dataset_dir, dataset_name, eval_loader, \
+    evaluate_split, forward, gather_peak_memory, make_collater, make_grid, make_precision, open_split, world_info
+from .losses import EnergyBaselines, Normalizer, energy_statistics, s2ef_loss
+from .models import MODELS, build_model, count_parameters, fit_scale_factors, load_scale_file, \
+    model_from_config, scale_factors_by_name
+from .parallel import sync_gradients
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser, batch_size=4, epochs=5, learning_rate=5e-4, optimizer="adamw", gradient_clip=10.0,
-                    data_dir=str(EMBEDDED_DATA_DIR), log_dir="results/graph_parallel", keep_last=2,
-                    log_every=10)
-    g = parser.add_argument_group("graph parallel model")
-    g.add_argument("--model", choices=sorted(MODELS), default="dimenetpp", help="network")
-    g.add_argument("--preset", default="base", help="model size preset (small, base, large, xl; see README)")
-    g.add_argument("--gp_size", type=int, default=1, help="ranks that split one graph (must divide world size)")
-    g.add_argument("--cutoff", type=float, default=6.0, help="radius graph cutoff in Angstrom")
-    g.add_argument("--max_neighbors", type=int, default=50, help="nearest neighbours kept per atom")
-    g.add_argument("--train_path", default=None, help="train LMDB file/dir (default: DATA_DIR/train.lmdb)")
-    g.add_argument("--val_path", default=None, help="validation LMDB file/dir (default: DATA_DIR/val.lmdb)")
-    g.add_argument("--energy_coef", type=float, default=1.0, help="weight of the energy MAE loss")
-    g.add_argument("--force_coef", type=float, default=50.0, help="weight of the force L2MAE loss (0: energy only)")
-    g.add_argument("--scheduler", choices=("plateau", "step"), default="plateau",
-                   help="after warm-up: ReduceLROnPlateau on the val loss, or step decay")
-    g.add_argument("--warmup_steps", type=int, default=100, help="linear learning-rate warm-up steps")
-    g.add_argument("--lr_patience", type=int, default=3, help="plateau: evaluations without improvement")
-    g.add_argument("--lr_factor", type=float, default=0.8, help="plateau: learning-rate factor")
-    g.add_argument("--lr_step_size", type=int, default=1000, help="step: decay every N optimizer steps")
-    g.add_argument("--lr_gamma", type=float, default=0.1, help="step: decay factor")
-    g.add_argument("--ema_decay", type=float, default=0.999, help="EMA of weights for evaluation (0: off)")
-    g.add_argument("--max_steps", type=int, default=None, help="stop training after N optimizer steps")
-    g.add_argument("--evaluate", action="store_true", help="only evaluate --load_ckpt_path on the val set")
-    g.add_argument("--fit_scale_batches", type=int, default=4,
-                   help="GemNet: training batches used to fit the scaling factors at the start (0: keep 1.0)")
+    parser = ArgumentParser(prog="python -m graph_parallel.train", description=__doc__.split("\n\n")[0])
+    add_common_args(parser, kind="train", batch_size=4, epochs=5, learning_rate=5e-4, optimizer="adamw",
+                    gradient_clip=10.0, data_dir=DEFAULT_DATA_DIR, log_dir=RESULTS_DIR, keep_last=2,
+                    benchmark_warmup=3, benchmark_steps=10)
+    add_data_args(parser)
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", choices=sorted(MODELS), default=None,
+                   help="network (default: dimenetpp; when resuming or fine-tuning, the checkpoint's)")
+    g.add_argument("--preset", default=None,
+                   help="model size preset: small, base, large (DimeNet++), xl; see the README (default: base; "
+                        "when resuming or fine-tuning, the checkpoint's architecture)")
+    add_grid_args(g)
+    g.add_argument("--fit_scale_batches", type=non_negative_int, default=4,
+                   help="GemNet: batches of a single process's epoch-0 order used to fit the scaling factors "
+                        "(rank 0 fits, then broadcasts; 0: keep 1.0)")
+    g.add_argument("--scale_file", default=None,
+                   help="GemNet: load the scaling factors from a fairchem JSON scale file instead of fitting them")
+    loss = parser.add_argument_group("loss and schedule")
+    loss.add_argument("--energy_coef", type=float, default=1.0, help="weight of the energy MAE loss")
+    loss.add_argument("--force_coef", type=float, default=50.0, help="weight of the force L2MAE loss (0: energy only)")
+    loss.add_argument("--scheduler", choices=("plateau", "step"), default="plateau",
+                      help="after warm-up: ReduceLROnPlateau on the val loss (per evaluation), or step decay")
+    loss.add_argument("--warmup_steps", type=non_negative_int, default=100, help="linear learning-rate warm-up steps")
+    loss.add_argument("--lr_patience", type=non_negative_int, default=3,
+                      help="plateau: evaluations without improvement")
+    loss.add_argument("--lr_factor", type=float, default=0.8, help="plateau: learning-rate factor")
+    loss.add_argument("--lr_step_size", type=int, default=1000, help="step: decay every N optimizer steps")
+    loss.add_argument("--lr_gamma", type=float, default=0.1, help="step: decay factor")
+    loss.add_argument("--ema_decay", type=float, default=0.999, help="EMA of the weights for evaluation (0: off)")
+    add_refused(parser, "--evaluate", "use `python -m graph_parallel.evaluate --load_ckpt_path CKPT`")
     return parser
 
 
-def split_path(args, name: str) -> Path:
-    explicit = getattr(args, f"{name}_path")
-    if explicit:
-        return Path(explicit)
-    base = Path(args.data_dir)
-    return base / f"{name}.lmdb" if (base / f"{name}.lmdb").exists() else base / name
+# ---- set-up ------------------------------------------------------------------------------------------
+def check_flags(args) -> None:
+    check_performance_flags(args)
+    if args.finetune and not args.load_ckpt_path:
+        raise ConfigError("--finetune needs --load_ckpt_path (the checkpoint whose weights to start from)")
+    if not 0.0 <= args.ema_decay < 1.0:
+        raise ConfigError(f"--ema_decay must lie in [0, 1), got {args.ema_decay}")
+    if args.scale_file:
+        if args.model == "dimenetpp" or (args.model is None and not args.load_ckpt_path):
+            raise ConfigError("--scale_file applies to GemNet (--model gemnet_t or gemnet_dt); DimeNet++ has no "
+                              "scale factors")
+        if args.load_ckpt_path:
+            raise ConfigError("--scale_file with --load_ckpt_path: the checkpoint carries its scale factors; "
+                              "drop one of them")
 
 
-def energy_normalizer(dataset: LmdbDataset, limit: int = 5000) -> Normalizer:
-    step = max(1, len(dataset) // limit)
-    energies = torch.tensor([dataset.raw(i)["energy"] for i in range(0, len(dataset), step)], dtype=torch.float64)
-    return Normalizer.fit(energies)
+def _config_differences(saved: Dict, wanted: Dict) -> List[str]:
+    return [f"{k}: checkpoint has {saved.get(k)!r}, this run has {wanted.get(k)!r}"
+            for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
 
 
-def make_loader(dataset, args, grid: ProcessGrid, train: bool) -> DataLoader:
-    """Batches per data-parallel group: every rank of a gp group sees the same batches."""
-    symmetric = MODELS[args.model][0].symmetric_graph
-    sampler = make_sampler(dataset, shuffle=train, seed=args.seed, num_replicas=grid.dp_size, rank=grid.dp_rank)
-    if sampler is None and train:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed))
-    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, shuffle=False,
-                      collate_fn=Collater(args.cutoff, args.max_neighbors, symmetric), num_workers=args.num_workers)
-
-
-def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    elif isinstance(loader.sampler, RandomSampler):
-        loader.sampler.generator.manual_seed(seed + epoch)
-
-
-def ema_update(decay: float):
-    """EMA step with the usual warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n updates,
-    so short runs are not dominated by the initial weights."""
-    def update(averaged, current, num_averaged):
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        return d * averaged + (1.0 - d) * current
-    return update
-
-
-class Trainer:
-    def __init__(self, args, grid: ProcessGrid, device: torch.device, logger, normalizer: Normalizer):
-        self.args, self.grid, self.device, self.logger, self.norm = args, grid, device, logger, normalizer
-        torch.manual_seed(args.seed)                          # identical initial weights on every rank
-        self.model = build_model(args.model, args.preset, cutoff=args.cutoff).to(device)
-        seed_everything(args.seed, grid.dp_rank)                 # gp ranks of one group share a stream
-        self._micro_batches = 0
-        self.precision = Precision(args.amp, device, args.amp_dtype)
-        self.optimizer = make_optimizer(args.optimizer, self.model.parameters(), args.learning_rate,
-                                        weight_decay=args.weight_decay)
-        self.scheduler = make_scheduler(args.scheduler, self.optimizer, warmup_steps=args.warmup_steps,
-                                        step_size=args.lr_step_size, gamma=args.lr_gamma,
-                                        patience=args.lr_patience, factor=args.lr_factor)
-        self.ema = AveragedModel(self.model, avg_fn=ema_update(args.ema_decay)) if args.ema_decay > 0 else None
-        self.step = 0
-        self.epoch = 0
-
-    # -- one batch ---------------------------------------------------------------------------
-    def forward(self, model, batch, create_graph: bool):
-        part = partition_graph(batch.edge_index, batch.cell_offsets, batch.num_atoms, self.grid.gp_rank,
-                               self.grid.gp_size, self.model.triplet_kind).to(self.device)
-        with self.precision.autocast():
-            energy, forces = predict(model, batch, part, self.grid.gp_group,
-                                     compute_forces=self.args.force_coef > 0 or not create_graph,
-                                     create_graph=create_graph)
-        return energy.float(), (forces.float() if forces is not None else None)
-
-    def train_step(self, batch) -> Dict[str, float]:
-        args = self.args
-        batch = batch.to(self.device)
-        energy, forces = self.forward(self.model, batch, create_graph=True)
-        loss, value = s2ef_loss(energy, forces, batch, self.norm, args.energy_coef, args.force_coef,
-                                self.grid.dp_group)
-        self.precision.backward(loss / args.accumulate_grad_batches)
-        self._micro_batches += 1
-        out = {"train_loss": value.item()}
-        if self._micro_batches % args.accumulate_grad_batches == 0:
-            sync_gradients(self.model.parameters())
-            norm = self.precision.step(self.optimizer, self.model.parameters(), clip_norm=args.gradient_clip)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            self.step += 1
-            out["stepped"] = 1.0
-            if norm is not None:
-                out["grad_norm"] = float(norm)
-        return out
-
-    # -- evaluation ------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, loader) -> Dict[str, float]:
-        model = self.ema.module if self.ema is not None else self.model
-        model.eval()
-        sums = torch.zeros(6, dtype=torch.float64)
-        loss_sum, batches = 0.0, 0
-        for batch in loader:
-            batch = batch.to(self.device)
-            energy, forces = self.forward(model, batch, create_graph=False)
-            _, value = s2ef_loss(energy, forces if self.args.force_coef > 0 else None, batch, self.norm,
-                                 self.args.energy_coef, self.args.force_coef)
-            loss_sum += value.item()
-            batches += 1
-            sums += s2ef_error_sums(energy, forces, batch, self.norm).cpu()
-        model.train()
-        totals = torch.tensor([loss_sum, batches], dtype=torch.float64)
-        if self.grid.dp_group is not None and self.grid.dp_size > 1:
-            dist.all_reduce(sums, group=self.grid.dp_group)
-            dist.all_reduce(totals, group=self.grid.dp_group)
-        metrics = s2ef_metrics(sums)
-        metrics["loss"] = float(totals[0] / max(totals[1], 1))
-        return metrics
-
-    # -- checkpoints -------------------------------------------------------------------------
-    def save(self, path: str) -> None:
-        extra = {"normalizer": self.norm.state_dict(), "model_name": self.args.model, "preset": self.args.preset,
-                 "config": self.model.config_dict(), "cutoff": self.args.cutoff,
-                 "max_neighbors": self.args.max_neighbors,
-                 "ema": self.ema.state_dict() if self.ema is not None else None}
-        save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.precision, epoch=self.epoch,
-                        step=self.step, extra=extra, keep_last=self.args.keep_last)
-
-    def load(self, path: str, resume: bool) -> None:
-        states = (self.optimizer, self.scheduler, self.precision) if resume else (None, None, None)
-        info = load_checkpoint(path, self.model, *states, restore_rng=resume)
-        extra = info["extra"]
-        if extra.get("model_name") not in (None, self.args.model):
-            raise ValueError(f"checkpoint {path} holds a {extra['model_name']} model, not {self.args.model}")
-        if self.ema is not None and extra.get("ema"):
-            self.ema.load_state_dict(extra["ema"])
-        self.norm = Normalizer(**extra["normalizer"]) if extra.get("normalizer") else self.norm
-        self.epoch, self.step = info["epoch"] + (1 if resume else 0), info["step"]
-
-
-def benchmark(trainer: Trainer, loader, args, logger) -> Dict[str, float]:
-    """Timed training steps: structures/s of the whole job and peak memory of every rank."""
-    meter = PerformanceMeter(trainer.device, warmup_steps=args.benchmark_warmup)
-    rss_before = peak_memory_mb(trainer.device)
-    done, epoch = 0, 0
-    total = args.benchmark_warmup + args.benchmark_steps
-    while done < total:
-        set_epoch(loader, epoch, args.seed)
-        for batch in loader:
-            meter.start()
-            trainer.train_step(batch)
-            meter.stop(batch.num_structures * trainer.grid.dp_size)
-            done += 1
-            if done >= total:
-                break
-        epoch += 1
-    stats = meter.summary()
-    mem = torch.tensor([peak_memory_mb(trainer.device), rss_before], dtype=torch.float64)
-    if dist.is_initialized():
-        parts = [torch.zeros_like(mem) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, mem)
-        mem = torch.stack(parts)
-    else:
-        mem = mem[None]
-    result = {"throughput_structures_per_s": stats.get("throughput", 0.0),
-              "latency_mean_ms": stats.get("latency_mean_ms", 0.0), "latency_p90_ms": stats.get("latency_p90_ms", 0.0),
-              "gp_size": args.gp_size, "world_size": mem.shape[0], "params": count_parameters(trainer.model),
-              "peak_memory_mb_per_rank": [round(v, 1) for v in mem[:, 0].tolist()],
-              "memory_growth_mb_per_rank": [round(v, 1) for v in (mem[:, 0] - mem[:, 1]).tolist()]}
-    logger.log((), result)
-    if is_main_process():
-        print("BENCHMARK " + json.dumps(result), flush=True)
-    return result
-
-
-def main(argv=None) -> Optional[Dict[str, float]]:
-    args = build_parser().parse_args(argv)
-    env = init_distributed()
-    if args.cuda_graphs:
-        require_cuda_graphs(env.device)
-        raise RuntimeError("--cuda_graphs: graph-parallel steps communicate and change shape every batch; "
-                           "CUDA graph capture is not supported for graph_parallel")
-    if args.compile:
-        raise ValueError("--compile is not supported by graph_parallel: conservative forces need a double "
-                         "backward (which torch.compile does not support) and the collectives are custom "
-                         "autograd Functions with process-group calls; run without --compile")
-    set_tf32(args.tf32)
-    grid = ProcessGrid(args.gp_size)
-    logger = setup_logger(args.log_dir, wandb=args.wandb, wandb_project=args.wandb_project,
-                          tensorboard=args.tensorboard, silent=args.silent, run_name=f"{args.model}-gp{args.gp_size}")
-    logger.log_params({**vars(args), "world_size": env.world_size, "dp_size": grid.dp_size})
-    train_set = LmdbDataset(split_path(args, "train"))
-    val_path = split_path(args, "val")
-    val_set = LmdbDataset(val_path) if (args.val_path or val_path.exists()) else None
-    trainer = Trainer(args, grid, env.device, logger, energy_normalizer(train_set))
-    if is_main_process():
-        print(f"{args.model}/{args.preset}: {count_parameters(trainer.model):,} parameters; {grid}; "
-              f"{len(train_set)} train / {len(val_set) if val_set else 0} val frames", flush=True)
-    train_loader = make_loader(train_set, args, grid, train=True)
-    if args.load_ckpt_path:
-        trainer.load(args.load_ckpt_path, resume=not args.evaluate)
-    elif args.model.startswith("gemnet") and args.fit_scale_batches > 0:
-        fit_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=False,
-                                collate_fn=train_loader.collate_fn)
-        batches = [b.to(env.device) for _, b in zip(range(args.fit_scale_batches), fit_loader)]
-        scales = fit_scale_factors(trainer.model, batches)
-        if trainer.ema is not None:                  # the EMA copy was taken before fitting
-            trainer.ema.module.load_state_dict(trainer.model.state_dict())
-        if is_main_process():
-            print(f"fitted {len(scales)} GemNet scaling factors: " + ", ".join(f"{s:.3g}" for s in scales),
-                  flush=True)
-    val_loader = make_loader(val_set, args, grid, train=False) if val_set is not None else None
-    result = None
+def resolve_model(args, state: Optional[Dict]):
+    """(model, name, preset) of this run; a checkpoint's identity is checked here (see the module table)."""
+    path = args.load_ckpt_path
+    meta = (state or {}).get("meta") or {}
+    extra = (state or {}).get("extra") or {}
+    if state is not None:
+        if meta.get("recipe") not in (None, RECIPE):      # None: written before meta carried the identity
+            raise CheckpointError(f"checkpoint {path} does not match this run: recipe: checkpoint has "
+                                  f"{meta.get('recipe')!r}, this run has {RECIPE!r}")
+        name = meta.get("model") or extra.get("model_name")
+        config = meta.get("config") or extra.get("config")
+        if args.model is not None and args.model != name:
+            raise CheckpointError(f"checkpoint {path} does not match this run: model: checkpoint has {name!r}, "
+                                  f"this run has {args.model!r}")
+        if name not in MODELS or not isinstance(config, dict):
+            raise CheckpointError(f"checkpoint {path} does not say which graph_parallel model it holds")
+        args.model = name
+        if args.cutoff is None:
+            args.cutoff = float(config.get("cutoff", DEFAULT_CUTOFF))
+        if args.max_neighbors is None:
+            args.max_neighbors = int(extra.get("max_neighbors") or DEFAULT_MAX_NEIGHBORS)
+        if args.finetune:                  # the architecture is the checkpoint's (converted ones too)
+            if args.preset is not None:
+                try:
+                    wanted = build_model(name, args.preset, cutoff=args.cutoff).config_dict()
+                except ValueError as err:
+                    raise ConfigError(str(err)) from None
+                differ = _config_differences(config, wanted)
+                if differ:
+                    raise ConfigError(f"--preset {args.preset} disagrees with checkpoint {path}: " + "; ".join(differ)
+                                      + " (--finetune keeps the checkpoint's architecture: drop --preset)")
+            try:
+                model = model_from_config(name, config)
+            except (TypeError, ValueError) as err:
+                raise CheckpointError(f"checkpoint {path}: cannot build {name} from its config ({err})") from None
+            return model, name, extra.get("preset")
+    args.model = args.model or "dimenetpp"
+    args.preset = args.preset or (extra.get("preset") if state is not None else None) or "base"
+    args.cutoff = DEFAULT_CUTOFF if args.cutoff is None else args.cutoff
+    args.max_neighbors = DEFAULT_MAX_NEIGHBORS if args.max_neighbors is None else args.max_neighbors
     try:
-        if args.evaluate:
-            if val_loader is None:
-                raise FileNotFoundError(f"--evaluate needs validation data; {val_path} not found")
-            result = trainer.evaluate(val_loader)
-            logger.log((), {f"val_{k}": v for k, v in result.items()})
-        elif args.benchmark:
-            result = benchmark(trainer, train_loader, args, logger)
-        else:
-            result = train(trainer, train_loader, val_loader, args, logger)
+        model = build_model(args.model, args.preset, cutoff=args.cutoff)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if state is not None:                  # resume: the same architecture
+        differ = _config_differences(config, model.config_dict())
+        if differ:
+            raise CheckpointError(f"checkpoint {path} has another architecture: " + "; ".join(differ)
+                                  + " (pass the checkpoint's --preset and --cutoff, or --finetune)")
+    return model, args.model, args.preset
+
+
+def scale_factor_batches(train_set, collater: Collater, seed: int, batch_size: int, count: int):
+    """The first ``count`` batches of a single process's epoch-0 order, whole graphs (not partitioned)."""
+    order = EpochSampler(len(train_set), shuffle=True, seed=seed).indices(0)[:count * batch_size].tolist()
+    whole = Collater(collater.cutoff, collater.max_neighbors, collater.symmetric)
+    return [whole([train_set[i] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
+
+
+def set_scale_factors(model, args, train_set, collater: Collater, device) -> Optional[str]:
+    """GemNet scale factors of a new run: from ``--scale_file``, or fitted on rank 0 and broadcast."""
+    if not args.model.startswith("gemnet"):
+        return None
+    if args.scale_file:
+        load_scale_file(model, args.scale_file)
+        return f"file {args.scale_file}"
+    if args.fit_scale_batches == 0:
+        return None
+    if is_main_process():
+        batches = [b.to(device) for b in scale_factor_batches(train_set, collater, args.seed, args.batch_size,
+                                                              args.fit_scale_batches)]
+        fit_scale_factors(model, batches)
+    broadcast_scale_factors(model)
+    if is_main_process():
+        scales = [float(f.scale) for f in scale_factors_by_name(model).values()]
+        print(f"fitted {len(scales)} GemNet scaling factors on rank 0: " + ", ".join(f"{s:.3g}" for s in scales),
+              flush=True)
+    return "fitted"
+
+
+def broadcast_scale_factors(model) -> None:
+    """Every rank takes rank 0's scaling factors (one broadcast of a flat device tensor)."""
+    if not is_initialized():
+        return
+    buffers = [f.scale for f in scale_factors_by_name(model).values()]
+    flat = torch.stack([b.detach().reshape(()) for b in buffers])
+    dist.broadcast(flat, src=0)
+    with torch.no_grad():
+        for b, v in zip(buffers, flat):
+            b.copy_(v)
+
+
+def check_mid_epoch_resume(path: str, extra: Dict, position: Position, batch_size: int, dp_size: int) -> None:
+    """Mid-epoch, the consumed batches are skipped by count: batch size and data-parallel size must match."""
+    saved = (extra.get("batch_size"), extra.get("dp_size"))
+    if position.batch and saved != (batch_size, dp_size):
+        raise CheckpointError(f"checkpoint {path} was written mid-epoch ({position.batch} batches into epoch "
+                              f"{position.epoch}) with --batch_size {saved[0]} on {saved[1]} data-parallel group(s); "
+                              f"this run has --batch_size {batch_size} on {dp_size}: resume with those, or from a "
+                              "checkpoint written at an epoch end")
+
+
+# ---- main --------------------------------------------------------------------------------------------
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    check_flags(args)
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+    try:
+        return train(args, env)
     finally:
-        logger.flush()
-        logger.close()
         shutdown()
+
+
+def train(args, env) -> dict:
+    device = env.device
+    grid = make_grid(args.gp_size)
+    if args.tf32 is not None:
+        set_tf32(args.tf32)
+    save_path = "" if args.benchmark else (
+        os.path.join(args.log_dir, "checkpoint.pt") if args.save_ckpt_path is None else args.save_ckpt_path)
+    if is_main_process():
+        check_output_locations(args.log_dir, save_path)
+
+    # ---- data and checkpoint, checked before any work ----
+    root = dataset_dir(args.dataset, args.data_dir)
+    train_set = open_split(root, "train")
+    val_set = open_split(root, "val", required=False)
+    state = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
+    resuming = state is not None and not args.finetune
+    torch.manual_seed(args.seed)                       # identical initial weights on every rank
+    model, name, preset = resolve_model(args, state)
+    data_name = dataset_name(args.dataset, args.data_dir)
+    meta = {"recipe": RECIPE, "model": name, "config": model.config_dict(), "dataset": data_name}
+    if resuming:
+        try:
+            check_meta(args.load_ckpt_path, state["meta"], {"dataset": data_name})
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; to train its weights on this dataset, add --finetune") from None
+    extra = state["extra"] if state is not None else {}
+    if resuming:
+        norm = Normalizer(**extra["normalizer"])
+        baselines = EnergyBaselines.from_state(extra["baselines"]) if extra.get("baselines") else \
+            energy_statistics(train_set)[1]
+    else:
+        norm, baselines = energy_statistics(train_set)
+    precision = make_precision(args, device)
+
+    collater = make_collater(model, args.cutoff, args.max_neighbors, grid)
+    workers = resolve_num_workers(args.num_workers, device)
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=args.seed, num_replicas=grid.dp_size, rank=grid.dp_rank)
+    loader = make_loader(train_set, args.batch_size, sampler, collater, workers, device)
+    val_loader = eval_loader(val_set, args.batch_size, collater, grid, workers, device) if val_set is not None else None
+
+    # ---- model, optimizer, schedule, EMA ----
+    model = model.to(device)
+    scale_source = extra.get("scale_factors") if state is not None else \
+        set_scale_factors(model, args, train_set, collater, device)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.weight_decay,
+                               momentum=sgd_momentum(args), betas=optimizer_betas(args))
+    scheduler = make_scheduler(args.scheduler, optimizer, warmup_steps=args.warmup_steps, step_size=args.lr_step_size,
+                               gamma=args.lr_gamma, patience=args.lr_patience, factor=args.lr_factor)
+    position = Position()
+    if state is not None:
+        if resuming:
+            info = load_checkpoint(args.load_ckpt_path, model, optimizer, scheduler, precision, state=state)
+            position = Position.from_dict(info["position"])
+            check_mid_epoch_resume(args.load_ckpt_path, extra, position, args.batch_size, grid.dp_size)
+        else:
+            load_checkpoint(args.load_ckpt_path, model, state=state)      # --finetune: the weights only
+    ema = EMA(model, args.ema_decay) if args.ema_decay > 0 else None
+    if ema is not None and resuming and extra.get("ema"):
+        ema.load_state_dict(extra["ema"], where=f"checkpoint {args.load_ckpt_path}")
+
+    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
+                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
+                          run_name=f"{name}-gp{args.gp_size}", recipe=RECIPE, append=resuming)
+    try:
+        return _run(args, device, grid, model, name, preset, meta, norm, baselines, precision, optimizer, scheduler,
+                    ema, loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger)
+    finally:
+        logger.close()
+
+
+def _run(args, device, grid, model, name, preset, meta, norm, baselines, precision, optimizer, scheduler, ema,
+         loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger) -> dict:
+    n_params = count_parameters(model)
+    logger.log_params({**vars(args), "save_ckpt_path": save_path, "model_config": meta["config"],
+                       "normalizer": norm.state_dict()})
+    logger.log((), {"parameters": n_params, "train_size": len(train_set), "val_size": len(val_set or []),
+                    **world_info(grid)})
+    if args.load_ckpt_path:
+        logger.log((), {"resumed_from": args.load_ckpt_path})
+    if is_main_process():
+        print(f"{name}/{preset or 'checkpoint config'}: {n_params:,} parameters; {grid}; {len(train_set)} train / "
+              f"{len(val_set or [])} val structures; {precision}", flush=True)
+        if val_set is None:
+            print("no val split in the dataset: training without evaluation", flush=True)
+    compute_forces = args.force_coef > 0
+
+    def forward_backward(batch, loss_scale: float):
+        batch = batch.to(device, non_blocking=True)
+        energy, forces = forward(model, batch, grid, precision, compute_forces=compute_forces, create_graph=True)
+        loss, value = s2ef_loss(energy, forces, batch, norm, args.energy_coef, args.force_coef, grid.dp_group)
+        precision.backward(loss * loss_scale)
+        return {"loss": value}
+
+    def optimizer_step():
+        sync_gradients(model.parameters())
+        grad_norm = precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()                              # per-step warm-up, or the step schedule
+        if ema is not None:
+            ema.update(model)
+        return None if grad_norm is None else {"grad_norm": grad_norm}
+
+    def evaluate(epoch: int, scheduled: bool) -> Dict[str, float]:
+        if val_loader is None:
+            return {}
+        metrics = evaluate_split(ema.module if ema is not None else model, val_loader, grid, precision, device,
+                                 norm, baselines, args.energy_coef, args.force_coef)
+        metrics.pop("size")
+        if scheduled and scheduler.plateau is not None:
+            scheduler.step(metrics["loss"])
+        return {f"val_{k}": v for k, v in metrics.items()}
+
+    def save(pos: Position) -> None:
+        if not save_path:
+            return
+        periodic = args.ckpt_interval > 0 or args.ckpt_steps > 0
+        extra = {"normalizer": norm.state_dict(), "baselines": baselines.state_dict(), "cutoff": float(args.cutoff),
+                 "max_neighbors": int(args.max_neighbors), "preset": preset,
+                 "ema": ema.state_dict() if ema is not None else None, "source": "graph_parallel.train",
+                 "scale_factors": scale_source, "energy_coef": args.energy_coef, "force_coef": args.force_coef,
+                 "batch_size": args.batch_size, "dp_size": grid.dp_size, "gp_size": grid.gp_size}
+        save_checkpoint(save_path, model, optimizer, scheduler, precision, meta=meta, position=pos.to_dict(),
+                        extra=extra, keep_last=args.keep_last if periodic else None)
+
+    meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None
+    before = peak_memory_mb(device)
+    loop = TrainLoop(LoopConfig.from_args(args, seed_rank=grid.dp_rank, replicas=grid.dp_size), loader, sampler,
+                     logger, forward_backward=forward_backward, optimizer_step=optimizer_step,
+                     batch_items=lambda batch: batch.num_structures, lr=lambda: optimizer.param_groups[0]["lr"],
+                     evaluate=None if args.benchmark else evaluate, save=None if args.benchmark else save,
+                     meter=meter)
+    result = loop.run(position)
+    if args.benchmark:
+        memory = gather_peak_memory(device, extra=before)
+        peaks = [m[0] for m in memory]
+        logger.log((), {"peak_memory_mb": max(peaks)})
+        timing = meter.summary()
+        timing["timed_steps"] = timing.pop("steps")
+        summary = {**timing, **world_info(grid), "parameters": n_params, "peak_memory_mb_per_rank": peaks,
+                   "memory_growth_mb_per_rank": [round(m[0] - m[1], 1) for m in memory]}
+        if is_main_process():
+            print("BENCHMARK " + json.dumps(summary), flush=True)
+        result.update(summary)
+    result["save_ckpt_path"] = save_path
     return result
-
-
-def train(trainer: Trainer, train_loader, val_loader, args, logger) -> Dict[str, float]:
-    metrics: Dict[str, float] = {}
-    for epoch in range(trainer.epoch, args.epochs):
-        trainer.epoch = epoch
-        set_epoch(train_loader, epoch, args.seed)
-        running = []
-        for batch in progress(train_loader, desc=f"epoch {epoch}", enabled=False if args.silent else None):
-            out = trainer.train_step(batch)
-            running.append(out["train_loss"])
-            if out.pop("stepped", 0.0) and trainer.step % args.log_every == 0:
-                logger.log((epoch, trainer.step), {**out, "lr": trainer.optimizer.param_groups[0]["lr"]})
-            if args.max_steps and trainer.step >= args.max_steps:
-                break
-        metrics = {"epoch_train_loss": sum(running) / max(len(running), 1)}
-        if val_loader is not None and ((epoch + 1) % max(args.eval_interval, 1) == 0 or epoch + 1 == args.epochs):
-            val = trainer.evaluate(val_loader)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            if args.scheduler == "plateau":
-                trainer.scheduler.step(val["loss"])
-        logger.log((epoch,), metrics)
-        if args.save_ckpt_path and (args.ckpt_interval > 0 and (epoch + 1) % args.ckpt_interval == 0
-                                    or epoch + 1 == args.epochs):
-            trainer.save(args.save_ckpt_path)
-        if args.max_steps and trainer.step >= args.max_steps:
-            if args.save_ckpt_path:
-                trainer.save(args.save_ckpt_path)
-            break
-    return metrics
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

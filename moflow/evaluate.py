@@ -4,8 +4,10 @@ On ``--split`` (``val``: the held-out molecules of the training cache; or ``trai
 NLL in bits/dim (``{split}_loss``, ``{split}_nll_x``, ``{split}_nll_adj``) and the reconstruction
 rate (``{split}_reconstruction``: molecules mapped to z and back must decode to the same graph).
 For ``--num_samples`` molecules sampled at ``--temperature`` it reports validity (with valency
-correction), validity without correction, uniqueness, novelty against the training split and
-N.U.V. (generated-sample metrics carry no split prefix). The model config, dataset and atom set
+correction), validity without correction, uniqueness, novelty and N.U.V. (generated-sample metrics
+carry no split prefix). Novelty compares generated molecules with the training molecules decoded
+through the same graph -> molecule path (stereochemistry and charges the model cannot produce do
+not make a molecule novel), as the reference implementations do. The model config, dataset and atom set
 come from the checkpoint.
 """
 import json
@@ -18,9 +20,10 @@ import torch
 
 from moflow.chem import decode_graphs, generation_metrics
 from moflow.data.dataset import MoleculeCache
-from moflow.generate import load_trained_model, sample_smiles
+from moflow.generate import load_trained_model, make_reverse, sample_smiles
 from moflow.model import MoFlow
 from runtime.cli import ArgumentParser, add_common_args
+from runtime.cuda_graphs import require_cuda_graphs
 from runtime.distributed import init_distributed
 from runtime.errors import ConfigError, run_main
 from runtime.io import ensure_writable_dir
@@ -69,6 +72,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--num_molecules", type=int, default=1000,
                    help="molecules of --split used for NLL and reconstruction (0 to skip)")
     g.add_argument("--num_samples", type=int, default=1000, help="molecules to generate")
+    g.add_argument("--steps", type=int, default=None, help="NVIDIA's flag: generate this many batches (sets --num_samples)")
     g.add_argument("--temperature", type=float, default=0.6)
     g.add_argument("--output", default="results/moflow/metrics.json", help="metrics as JSON")
     return p
@@ -77,7 +81,11 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+    if args.cuda_graphs:
+        require_cuda_graphs(env.device)
     seed_everything(args.seed, env.rank)
+    if args.steps is not None:
+        args.num_samples = args.steps * args.batch_size
     if args.num_samples <= 0:
         raise ConfigError(f"--num_samples must be positive, got {args.num_samples}")
     ensure_writable_dir(args.log_dir, "--log_dir")
@@ -91,8 +99,8 @@ def main(argv=None) -> int:
     precision = Precision(args.amp, env.device, args.amp_dtype)
     generator = torch.Generator(device=env.device).manual_seed(args.seed)
     raw, corrected = sample_smiles(model, args.num_samples, args.temperature, info["atomic_nums"],
-                                   args.batch_size, precision, generator)
-    metrics = generation_metrics(raw, corrected, cache.subset("train").smiles())
+                                   args.batch_size, None, generator, reverse=make_reverse(model, args, precision))
+    metrics = generation_metrics(raw, corrected, cache.subset("train").decoded_smiles(), train_decoded=True)
     if args.num_molecules > 0:
         metrics.update(split_metrics(model, cache, args.split, args.num_molecules, args.batch_size, precision))
     metrics.update(num_samples=args.num_samples, temperature=args.temperature)

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from moflow.chem import construct_mol, correct_mol, decode_graphs, valid_smiles
-from moflow.config import ModelConfig
+from moflow.config import MODEL_PRESETS, QM9_ATOMS, ZINC_ATOMS, ModelConfig, make_model_config
 from moflow.model import MoFlow
 from runtime.callbacks import PerformanceMeter
 from runtime.checkpoint import load_checkpoint, read_checkpoint
@@ -24,7 +24,7 @@ from runtime.compile import maybe_compile
 from runtime.cuda_graphs import capture_inference, require_cuda_graphs
 from runtime.distributed import init_distributed
 from runtime.errors import CheckpointError, ConfigError, run_main
-from runtime.io import ensure_writable_dir
+from runtime.io import atomic_write, ensure_writable_dir
 from runtime.logging import setup_logger
 from runtime.precision import Precision
 from runtime.seed import seed_everything
@@ -102,17 +102,24 @@ def build_parser() -> ArgumentParser:
                     dllogger_name="predict_log.json")
     g = p.add_argument_group("generation")
     g.add_argument("--num_samples", type=int, default=100, help="molecules to generate")
+    g.add_argument("--steps", type=int, default=None,
+                   help="NVIDIA's flag: generate this many batches (sets --num_samples, or --benchmark_steps "
+                        "with --benchmark)")
+    g.add_argument("--warmup_steps", dest="benchmark_warmup", type=int, help="NVIDIA's name of --benchmark_warmup")
+    add_bool(g, "--allow_untrained", help="benchmark an untrained model of --preset when no checkpoint is given")
+    g.add_argument("--preset", "--config_name", dest="preset", default="zinc250k",
+                   help="architecture for --allow_untrained (a trained checkpoint carries its own)")
     g.add_argument("--temperature", type=float, default=0.6, help="latent standard-deviation multiplier")
     add_bool(g, "--correct_validity", default=True,
              help="valency-correct molecules (false: write raw molecules only; invalid ones are dropped)")
     g.add_argument("--output", "--predictions_path", dest="output", default="results/moflow/generated.smi",
-                   help="SMILES output file")
+                   help="SMILES output file ('' to write none)")
     g.add_argument("--png", default="results/moflow/generated.png", help="grid image ('' to skip)")
     g.add_argument("--png_molecules", type=int, default=20, help="molecules drawn in the grid")
     return p
 
 
-def make_reverse(model: MoFlow, args, precision: Precision, device):
+def make_reverse(model: MoFlow, args, precision: Precision):
     """The z -> graph function used for sampling: eager, compiled, or CUDA-graphed for full batches."""
     def reverse(z):
         with precision.autocast():
@@ -148,20 +155,31 @@ def main(argv=None) -> int:
         if args.compile:
             raise ConfigError("--cuda_graphs with --compile is refused until a GPU run shows the pair correct")
     seed_everything(args.seed, env.rank)
-    if not args.load_ckpt_path:
-        raise ConfigError("--load_ckpt_path is required")
+    if args.steps is not None:  # NVIDIA's batches-to-generate
+        if args.benchmark:
+            args.benchmark_steps = args.steps
+        else:
+            args.num_samples = args.steps * args.batch_size
     if args.num_samples <= 0:
         raise ConfigError(f"--num_samples must be positive, got {args.num_samples}")
     ensure_writable_dir(args.log_dir, "--log_dir")
-    if not args.benchmark:
+    if args.output and not args.benchmark:
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
-    model, info = load_trained_model(args.load_ckpt_path, env.device)
+    if args.allow_untrained and not (args.load_ckpt_path and os.path.exists(args.load_ckpt_path)):
+        if args.preset not in MODEL_PRESETS:
+            raise ConfigError(f"unknown --preset {args.preset!r}; choose from {sorted(MODEL_PRESETS)}")
+        model = MoFlow(make_model_config(args.preset)).to(env.device).eval()
+        info = {"atomic_nums": ZINC_ATOMS if model.config.num_atom_channels == len(ZINC_ATOMS) + 1 else QM9_ATOMS}
+    elif not args.load_ckpt_path:
+        raise ConfigError("--load_ckpt_path is required (or --allow_untrained for benchmarks)")
+    else:
+        model, info = load_trained_model(args.load_ckpt_path, env.device)
     precision = Precision(args.amp, env.device, args.amp_dtype)
     logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
                           wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
                           recipe="moflow")
     logger.log_params(dict(vars(args)))
-    reverse = make_reverse(model, args, precision, env.device)
+    reverse = make_reverse(model, args, precision)
     if args.benchmark:
         benchmark_inference(model, args, reverse, logger, env.device)
         logger.close()
@@ -171,9 +189,9 @@ def main(argv=None) -> int:
                                    args.batch_size, None, generator, reverse=reverse)
     chosen = corrected if args.correct_validity else raw
     written = [s for s in chosen if s]
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write("\n".join(written) + ("\n" if written else ""))
+    if args.output:
+        with atomic_write(args.output, "w", encoding="utf-8") as f:
+            f.write("\n".join(written) + ("\n" if written else ""))
     n = args.num_samples
     logger.log((), {"num_samples": n, "temperature": args.temperature,
                     "validity_without_correction": 100.0 * sum(s is not None for s in raw) / n,
@@ -181,9 +199,9 @@ def main(argv=None) -> int:
                     "uniqueness": 100.0 * len(set(written)) / max(len(written), 1)})
     if args.png and written:
         draw_grid(written[:args.png_molecules], args.png)
-        print(f"wrote {len(written)} molecules to {args.output} and a grid to {args.png}")
+        print(f"wrote {len(written)} molecules to {args.output or '(no file)'} and a grid to {args.png}")
     else:
-        print(f"wrote {len(written)} molecules to {args.output}")
+        print(f"wrote {len(written)} molecules to {args.output or '(no file)'}")
     logger.close()
     return 0
 

@@ -4,7 +4,6 @@
 encodes both molecules exactly (no dequantisation noise), walks the straight line between their
 latents and decodes every point (with valency correction). The endpoints decode to the inputs.
 """
-import argparse
 import sys
 from typing import List
 
@@ -16,6 +15,8 @@ from moflow.config import DatasetSpec
 from moflow.data.encoding import encode_smiles, one_hot_atoms, one_hot_bonds
 from moflow.generate import draw_grid, load_trained_model
 from moflow.model import MoFlow
+from runtime.cli import ArgumentParser
+from runtime.errors import run_main
 
 
 @torch.no_grad()
@@ -49,7 +50,7 @@ def interpolate(model: MoFlow, start: str, end: str, steps: int, atomic_nums: Li
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m moflow.interpolate", description=__doc__)
     p.add_argument("--load_ckpt_path", default="results/moflow/moflow.pt")
     p.add_argument("--smiles", nargs=2, required=True, metavar=("START", "END"))
     p.add_argument("--steps", type=int, default=8)
@@ -65,4 +66,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -24,7 +24,7 @@ from moflow.generate import sample_smiles
 from moflow.model import MoFlow, MoFlowObjective, initialize_actnorm
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from runtime.cli import ArgumentParser, add_bool, add_common_args, optimizer_betas, resolve_num_workers
+from runtime.cli import ArgumentParser, add_bool, add_common_args, add_refused, optimizer_betas, resolve_num_workers
 from runtime.compile import maybe_compile
 from runtime.cuda_graphs import materialize_grads, require_cuda_graphs
 from runtime.data import EpochSampler, ShardSampler, make_loader
@@ -74,6 +74,9 @@ def build_parser() -> ArgumentParser:
     g = p.add_argument_group("CUDA")
     g.add_argument("--cuda_graph_warmup", type=int, default=20, help="eager steps before CUDA graph capture")
     add_bool(g, "--streams", default=True, help="run the bond and atom flows on two CUDA streams (off under --compile)")
+    add_refused(p, "--warmup_steps", "use --cuda_graph_warmup (eager steps before CUDA graph capture) and "
+                                     "--benchmark_warmup (steps excluded from timing)")
+    add_refused(p, "--allow_untrained", "it belongs to moflow.generate / moflow.predict")
     return p
 
 
@@ -237,7 +240,7 @@ def train(args) -> MoFlow:
             expect.update(config=meta["config"], dataset=args.dataset)
             info = load_checkpoint(args.load_ckpt_path, model, optimizer, precision=precision, expect=expect,
                                    state=state)
-            position = Position(info["epoch"], info["batch"], info["step"])
+            position = Position.from_dict(info["position"])
         else:  # --finetune: the weights only, on a dataset with the same atom set
             load_checkpoint(args.load_ckpt_path, model, expect=expect, state=state)
     seed_everything(args.seed, env.rank)
@@ -290,8 +293,8 @@ def train(args) -> MoFlow:
 
     def save(pos: Position) -> None:
         if save_path:
-            save_checkpoint(save_path, model, optimizer, precision=precision, meta=meta, epoch=pos.epoch,
-                            batch=pos.batch, step=pos.step, extra={"data_dir": os.path.abspath(args.data_dir)},
+            save_checkpoint(save_path, model, optimizer, precision=precision, meta=meta, position=pos.to_dict(),
+                            extra={"data_dir": os.path.abspath(args.data_dir)},
                             keep_last=args.keep_last)
 
     meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None

@@ -91,16 +91,20 @@ def _numbered(path: str, step: int) -> str:
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                     scheduler: Any = None, precision: Any = None, *, meta: Optional[Dict[str, Any]] = None,
-                    epoch: int = 0, step: int = 0, batch: int = 0, extra: Optional[Dict[str, Any]] = None,
-                    keep_last: Optional[int] = None) -> Optional[str]:
+                    epoch: int = 0, step: int = 0, batch: int = 0, position: Optional[Dict[str, Any]] = None,
+                    extra: Optional[Dict[str, Any]] = None, keep_last: Optional[int] = None) -> Optional[str]:
     """Write a resumable checkpoint to ``path`` (rank 0 only; other ranks return None).
 
     ``epoch``/``batch``/``step`` are the position to resume from: ``batch`` batches of ``epoch`` are
     done (0 at an epoch boundary) and ``step`` optimizer steps were taken. With ``keep_last=N`` a
     numbered copy ``<stem>_step<step><ext>`` is kept beside ``path`` and only the newest N survive.
+    ``position`` (``runtime.loop.Position.to_dict()``) replaces ``epoch``/``batch``/``step`` when given.
     """
     if not is_main_process():
         return None
+    if position is None:
+        position = {"epoch": int(epoch), "batch": int(batch), "step": int(step)}
+    step = int(position["step"])
     state = {
         "format": FORMAT,
         "meta": dict(meta or {}),
@@ -108,7 +112,7 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "precision": precision.state_dict() if precision is not None else None,
-        "position": {"epoch": int(epoch), "batch": int(batch), "step": int(step)},
+        "position": dict(position),
         "rng": _rng_state(),
         "extra": extra or {},
     }
@@ -187,7 +191,8 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
                     scheduler: Any = None, precision: Any = None, map_location: Any = "cpu",
                     strict: bool = True, restore_rng: bool = False, expect: Optional[Mapping[str, Any]] = None,
                     state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Restore states saved by :func:`save_checkpoint`; returns ``{"epoch", "batch", "step", "meta", "extra"}``.
+    """Restore states saved by :func:`save_checkpoint`; returns ``{"epoch", "batch", "step", "position",
+    "meta", "extra"}`` (``position`` is the saved dict, for ``runtime.loop.Position.from_dict``).
 
     ``expect`` names identity fields (recipe, model, config, task, dataset, ...) the checkpoint must
     match. ``state`` is an already read checkpoint (from :func:`read_checkpoint`) to apply.
@@ -224,4 +229,4 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
         _set_rng_state(state["rng"])
     position = state["position"]
     return {"epoch": int(position["epoch"]), "batch": int(position.get("batch", 0)), "step": int(position["step"]),
-            "meta": state.get("meta", {}), "extra": state.get("extra", {})}
+            "position": dict(position), "meta": state.get("meta", {}), "extra": state.get("extra", {})}

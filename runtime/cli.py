@@ -106,7 +106,7 @@ def positive_float(text: str) -> float:
 
 DEFAULTS = dict(batch_size=32, epochs=10, learning_rate=1e-3, weight_decay=0.0, optimizer="adam", seed=0,
                 num_workers=None, gradient_clip=None, accumulate_grad_batches=1, eval_interval=1, ckpt_interval=1,
-                ckpt_steps=0, keep_last=3, data_dir="data_cache", log_dir="results", save_ckpt_path=None,
+                ckpt_steps=0, keep_last=3, data_dir="data", log_dir="results", save_ckpt_path=None,
                 load_ckpt_path=None, log_interval=10, wandb_project="molrecipes", benchmark_warmup=10,
                 benchmark_steps=50, max_steps=None, max_minutes=None, beta1=0.9, beta2=0.999, momentum=None,
                 dist_timeout=10.0, dllogger_name="log.json")
@@ -134,8 +134,8 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defa
     paths.add_argument("--data_dir", default=d["data_dir"], help="dataset directory (raw files and caches)")
     paths.add_argument("--log_dir", "--results_dir", dest="log_dir", default=d["log_dir"],
                        help="directory for the DLLogger log (log.json), W&B and TensorBoard files")
-    paths.add_argument("--dllogger_name", default=d["dllogger_name"],
-                       help="file name of the DLLogger JSON-lines log inside --log_dir")
+    paths.add_argument("--dllogger_name", "--log_path", dest="dllogger_name", default=d["dllogger_name"],
+                       help="the DLLogger JSON-lines log: a file name inside --log_dir, or a path")
     paths.add_argument("--load_ckpt_path", default=d["load_ckpt_path"],
                        help="resume from this checkpoint" if train else "checkpoint to use (it carries its own config)")
     if train:
@@ -190,7 +190,8 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defa
 
     perf = parser.add_argument_group("performance")
     add_bool(perf, "--cuda_graphs", "--cuda_graph", dest="cuda_graphs", help="capture steps in CUDA graphs (CUDA only)")
-    add_bool(perf, "--compile", help="torch.compile the model")
+    add_bool(perf, "--compile", "--jit", dest="compile",
+             help="torch.compile the model (NVIDIA's --jit, TorchScript there, means this here)")
     perf.add_argument("--gpu_affinity", choices=("none", "socket", "single", "single_unique", "socket_unique"),
                       default="socket_unique" if train else "none",
                       help="pin each local rank to the CPU cores of its GPU's NUMA node (NVML; no-op without GPUs)")
@@ -218,8 +219,8 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defa
     for old, new in RENAMED.items():
         if not any(old in a.option_strings for a in parser._actions):
             add_refused(parser, old, f"it was renamed {new}")
-    add_refused(parser, "--jit", "TorchScript is not used here; use --compile (torch.compile)")
-    add_refused(parser, "--local_rank", "launch with torchrun, which sets LOCAL_RANK in the environment")
+    add_refused(parser, "--verbosity", "use --silent (benchmarks) or --progress; every metric goes to the log")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # torchrun sets LOCAL_RANK
     return parser
 
 

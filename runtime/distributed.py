@@ -24,7 +24,6 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, DistributedSampler
 
 
 @dataclass(frozen=True)
@@ -171,20 +170,6 @@ def all_reduce_mean(tensor: torch.Tensor, group=None) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
         tensor /= dist.get_world_size(group)
     return tensor
-
-
-def make_sampler(dataset: Dataset, shuffle: bool, seed: int, drop_last: bool = False,
-                 num_replicas: Optional[int] = None, rank: Optional[int] = None) -> Optional[DistributedSampler]:
-    """A DistributedSampler over the data-parallel ranks, or None in a single process.
-
-    Call ``sampler.set_epoch(epoch)`` each epoch so shuffles differ between epochs.
-    """
-    num_replicas = get_world_size() if num_replicas is None else num_replicas
-    if num_replicas <= 1:
-        return None
-    rank = get_rank() if rank is None else rank
-    return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                              seed=seed, drop_last=drop_last)
 
 
 class ProcessGrid:

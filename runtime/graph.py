@@ -56,6 +56,12 @@ class GraphBatch:
                  for k, v in moved.items()}
         return replace(self, **moved)
 
+    def pin_memory(self) -> "GraphBatch":
+        """Page-locked copy (DataLoader's ``pin_memory=True`` calls this), so ``to(device, non_blocking=True)``
+        really overlaps the copy with compute."""
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
     def rel_pos(self) -> Tensor:
         """Destination minus source position for every edge, [E, 3]."""
         src, dst = self.edge_index

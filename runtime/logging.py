@@ -198,7 +198,11 @@ def setup_logger(log_dir: Optional[str] = None, json_name: str = "log.json", wan
     """
     if not is_main_process():
         return Logger(None, stdout=False, active=False, recipe=recipe)
-    json_path = os.path.join(log_dir, json_name or "log.json") if log_dir else None
+    json_name = json_name or "log.json"
+    if os.path.dirname(json_name):  # a path (NVIDIA's --log_path), not a name inside log_dir
+        json_path = json_name
+    else:
+        json_path = os.path.join(log_dir, json_name) if log_dir else None
     if json_path and not append:
         _set_aside(json_path)
     wandb_run = None

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, replace
-from typing import Callable, ContextManager, Dict, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ContextManager, Dict, Mapping, Optional
 
 import torch
 
@@ -48,11 +48,24 @@ from runtime.seed import seed_step
 
 @dataclass(frozen=True)
 class Position:
-    """Where a run is: ``batch`` batches of ``epoch`` consumed, ``step`` optimizer steps taken."""
+    """Where a run is: ``batch`` batches of ``epoch`` consumed, ``step`` optimizer steps taken.
+
+    ``sums`` carries the running metric sums of the interrupted log interval and epoch, so a resumed
+    run logs the same interval and epoch means as an uninterrupted one. Store ``to_dict()`` in the
+    checkpoint (``save_checkpoint(position=...)``) and rebuild with ``from_dict``.
+    """
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
+    sums: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "sums": dict(self.sums)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Position":
+        return cls(int(d["epoch"]), int(d.get("batch", 0)), int(d["step"]), dict(d.get("sums") or {}))
 
 
 @dataclass
@@ -93,6 +106,15 @@ class _Running:
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
         self.count += 1
+
+    def state(self) -> Dict[str, Any]:
+        """Host copy of the sums (for a checkpoint)."""
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
+
+    def load(self, state: Optional[Mapping[str, Any]], device=None) -> None:
+        if state:
+            self.sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in state["sums"].items()}
+            self.count = int(state["count"])
 
     def means(self) -> Dict[str, float]:
         """Means over the batches since the last read, averaged over ranks; resets the sums."""
@@ -150,10 +172,12 @@ class TrainLoop:
             late = all_reduce_mean(late) * get_world_size()
         return bool(late.item() > 0)
 
-    def _save(self, position: Position) -> None:
+    def _save(self, position: Position, interval: "_Running", epoch: "_Running", interval_items: int) -> None:
         self._check_finite(position)
         if self.save is not None:
-            self.save(position)
+            sums = {"interval": interval.state(), "epoch": epoch.state(), "interval_items": interval_items} \
+                if position.batch else {"interval": interval.state(), "interval_items": interval_items}
+            self.save(replace(position, sums=sums))
             barrier()
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -169,13 +193,18 @@ class TrainLoop:
         self._checked_step = pos.step
         stop_reason: Optional[str] = None
         result: Dict[str, float] = {}
-        interval, interval_items = _Running(), 0
+        interval, interval_items = _Running(), int(pos.sums.get("interval_items", 0))
+        interval.load(pos.sums.get("interval"))
+        resumed_epoch_sums = pos.sums.get("epoch")
         timed = 0
         benchmark = self.meter is not None
         if cfg.max_steps is not None and pos.step >= cfg.max_steps:
             stop_reason = "max_steps"
         while stop_reason is None and (pos.epoch < cfg.epochs or benchmark):
             epoch_sums = _Running()
+            if resumed_epoch_sums and pos.batch:
+                epoch_sums.load(resumed_epoch_sums)
+            resumed_epoch_sums = None
             self.sampler.set_epoch(pos.epoch, skip=pos.batch * self.loader.batch_size)
             batches_in_epoch = pos.batch + len(self.loader)
             if batches_in_epoch == 0:
@@ -227,13 +256,14 @@ class TrainLoop:
                 if stop_reason is not None:
                     break
                 if cfg.ckpt_steps and pos.step % cfg.ckpt_steps == 0 and not last_of_epoch:
-                    self._save(pos)
+                    self._save(pos, interval, epoch_sums, interval_items)
             if benchmark:
                 if stop_reason is None:
                     pos = Position(pos.epoch + 1, 0, pos.step)
                 continue
             epoch_done = pos.batch >= batches_in_epoch
-            train_metrics = {f"train_{k}": v for k, v in epoch_sums.means().items()}
+            # a mid-epoch stop logs no partial epoch mean: the sums travel in the checkpoint instead
+            train_metrics = {f"train_{k}": v for k, v in epoch_sums.means().items()} if epoch_done else {}
             if epoch_done:
                 self._check_finite(pos)
                 if self.end_epoch is not None:
@@ -252,7 +282,7 @@ class TrainLoop:
             due_save = epoch_done and ((cfg.ckpt_interval > 0 and pos.epoch % cfg.ckpt_interval == 0)
                                        or (cfg.ckpt_steps > 0 and pos.step % cfg.ckpt_steps == 0))
             if due_save or finishing:
-                self._save(pos)
+                self._save(pos, interval, epoch_sums, interval_items)
         stop_reason = stop_reason or "epochs"
         summary = {"epochs": pos.epoch, "steps": pos.step, "minutes": (time.time() - started) / 60.0,
                    "stop_reason": stop_reason}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's main job: a short CPU-sized run of every recipe on its embedded default data.
+# The README's main job: a short CPU-sized run of every recipe on offline data (MoFlow: QM9 from the qm9pack
+# wheel; SE(3): the embedded QM9 sample; graph_parallel: an EMT set it generates first, ~20 s).
 # Each model's quickstart trains briefly, evaluates against trivial baselines, predicts with the
 # checkpoint it wrote and draws its learning curves (curves.png). Outputs go under OUT_ROOT
 # (default results/quickstart, relative to the current directory).

@@ -1,58 +1,172 @@
-"""Pieces shared by training and inference: model flags, model construction, loaders, evaluation."""
+"""What train, evaluate and predict share: flags, the model, data set-up, target scaling, evaluation.
+
+=====================  ===========================================================================
+concern                rule
+=====================  ===========================================================================
+architecture           ``ARCH_KEYS`` (layers, heads, degrees, channels, pooling, norms): stored in
+                       the checkpoint's ``meta["config"]``; a resumed run must match it, evaluate
+                       and predict take it from the checkpoint (flags given there must agree).
+execution              ``--fuse_level``, ``--low_memory``, ``--pad_trick`` change how kernels run,
+                       not the parameters or the function: free to change on every run.
+presets                ``--preset nvidia`` (default: NVIDIA's QM9 configuration) or ``small``; an
+                       explicit model flag overrides its preset value.
+targets                standardised with the training split's mean and std (stored in the
+                       checkpoint); loss is L1 on the standardised target, MAE is in the target's
+                       unit (``QM9_UNITS``).
+evaluation             a :class:`~runtime.data.ShardSampler` loader: every molecule exactly once over
+                       all ranks; sums and counts are all-reduced once; run on the unwrapped model.
+=====================  ===========================================================================
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Dict, Optional
+import math
+from typing import Dict
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+import torch.nn.functional as F
 
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.distributed import all_reduce_sum, make_sampler
-from se3_transformer.data import EDGE_FEATURE_DIM, NODE_FEATURE_DIM, QM9GraphDataset
+from runtime.checkpoint import check_meta, load_checkpoint, read_checkpoint
+from runtime.cli import ArgumentParser, add_common_args, positive_int, resolve_num_workers, str2bool
+from runtime.data import ShardSampler, make_loader
+from runtime.distributed import all_reduce_sum, barrier, get_world_size, init_distributed, is_initialized, \
+    is_main_process
+from runtime.errors import CheckpointError, ConfigError
+from runtime.io import ensure_writable_dir
+from runtime.precision import Precision, set_tf32
+from se3_transformer.data import DATASETS, DEFAULT_DATA_DIR, EDGE_FEATURE_DIM, NODE_FEATURE_DIM, QM9_TARGETS, \
+    QM9_UNITS, SPLITS, QM9GraphDataset, load_qm9, precompute_bases, split_indices
 from se3_transformer.model import FuseLevel, SE3TransformerPooled
 
+RECIPE = "se3_transformer"
 FUSE_LEVELS = {"full": FuseLevel.FULL, "partial": FuseLevel.PARTIAL, "none": FuseLevel.NONE}
-MODEL_KEYS = ("num_layers", "num_heads", "channels_div", "num_degrees", "num_channels", "pooling", "norm",
-              "use_layer_norm", "low_memory", "fuse_level", "pad_trick")
+ARCH_KEYS = ("num_layers", "num_heads", "channels_div", "num_degrees", "num_channels", "pooling", "norm",
+             "use_layer_norm")
+PRESETS: Dict[str, Dict] = {
+    # NVIDIA's QM9 training configuration (scripts/train.sh of DeepLearningExamples' SE3Transformer)
+    "nvidia": dict(num_layers=7, num_heads=8, channels_div=2, num_degrees=4, num_channels=32, pooling="max",
+                   norm=True, use_layer_norm=True),
+    # the CPU-sized model of the README's measured runs and the quickstart
+    "small": dict(num_layers=4, num_heads=4, channels_div=2, num_degrees=3, num_channels=16, pooling="max",
+                  norm=True, use_layer_norm=True),
+}
+_HELP = {"num_layers": "attention blocks", "num_heads": "attention heads",
+         "channels_div": "channel division before attention",
+         "num_degrees": "hidden features have degrees 0 .. num_degrees-1", "num_channels": "channels per hidden degree",
+         "pooling": "graph pooling", "norm": "equivariant norm layer after each attention block",
+         "use_layer_norm": "layer norm inside the radial MLPs"}
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+def _optional_bool(group, flag: str, help: str) -> None:
+    group.add_argument(flag, type=str2bool, nargs="?", const=True, default=None, metavar="BOOL", help=help)
+
+
+def add_data_args(parser: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
+    """``--dataset --num_molecules --task --precompute_bases``; with ``from_checkpoint`` the first
+    three default to the checkpoint's values."""
     group = parser.add_argument_group("data")
-    group.add_argument("--source", choices=("sample", "qm9pack", "dgl"), default="sample",
-                       help="QM9 source: embedded 1,000-molecule sample, the qm9pack wheel, or DGL's qm9_edge.npz "
-                            "(downloaded into --data_dir)")
-    group.add_argument("--num_molecules", type=int, default=None,
-                       help="use a seeded random subset of this many molecules (split scaled from 100k/17,748/13,083)")
-    group.add_argument("--task", default="homo", help="QM9 target to regress (DGL names: homo, lumo, gap, mu, ...)")
-    group.add_argument("--precompute_bases", action="store_true",
-                       help="compute the equivariant bases of all edges once at start-up instead of every step")
+    ckpt = " (default: the checkpoint's)" if from_checkpoint else ""
+    group.add_argument("--dataset", choices=DATASETS, default=None if from_checkpoint else "sample",
+                       help="QM9 source: the embedded 1,000-molecule sample, the qm9pack wheel, or DGL's "
+                            "qm9_edge.npz (downloaded into --data_dir when absent)" + ckpt)
+    group.add_argument("--num_molecules", type=positive_int, default=None,
+                       help="use a seeded random subset of this many molecules (split scaled from "
+                            "100,000 / 17,748 / 13,083)" + (ckpt or " (default: all)"))
+    group.add_argument("--task", choices=QM9_TARGETS, default=None if from_checkpoint else "homo",
+                       help="QM9 target to regress (DGL's names and units)" + ckpt)
+    _optional_bool(group, "--precompute_bases", "compute the equivariant bases of all edges once at start-up "
+                                                "instead of every step (default: false)")
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
+    """Architecture flags. Training: defaults from ``--preset``. Evaluation: from the checkpoint, and
+    a flag that is given must agree with it (NVIDIA's command lines pass them)."""
     group = parser.add_argument_group("model")
-    group.add_argument("--num_layers", type=int, default=7, help="attention blocks")
-    group.add_argument("--num_heads", type=int, default=8, help="attention heads")
-    group.add_argument("--channels_div", type=int, default=2, help="channel division before attention")
-    group.add_argument("--num_degrees", type=int, default=4, help="hidden features have degrees 0 .. num_degrees-1")
-    group.add_argument("--num_channels", type=int, default=32, help="channels per hidden degree")
-    group.add_argument("--pooling", choices=("max", "avg"), default="max", help="graph pooling")
-    group.add_argument("--norm", action=argparse.BooleanOptionalAction, default=True,
-                       help="equivariant norm layer after each attention block")
-    group.add_argument("--use_layer_norm", action=argparse.BooleanOptionalAction, default=True,
-                       help="layer norm inside the radial MLPs")
-    group.add_argument("--low_memory", action="store_true",
-                       help="unfused kernels recomputed in the backward pass: slower, less memory")
-    group.add_argument("--fuse_level", choices=("auto",) + tuple(FUSE_LEVELS), default="auto",
-                       help="most fused TFN kernel allowed (each layer uses the best one its fibers permit); "
-                            "auto = full on CUDA, none (pairwise, measured fastest) on CPU")
-    group.add_argument("--pad_trick", action="store_true",
-                       help="pad odd basis dimensions to even sizes (tensor cores); same results")
+    if not from_checkpoint:
+        group.add_argument("--preset", choices=tuple(PRESETS), default="nvidia",
+                           help="model size: nvidia = 7 layers, degrees 0-3, 32 channels, 8 heads (NVIDIA's "
+                                "QM9 model); small = 4 layers, degrees 0-2, 16 channels, 4 heads (CPU-sized)")
+    for key in ARCH_KEYS:
+        default = " (default: the checkpoint's; must agree with it)" if from_checkpoint else \
+            f" (default: {PRESETS['nvidia'][key]!s} with --preset nvidia)".replace("True", "true")
+        if key in ("norm", "use_layer_norm"):
+            _optional_bool(group, f"--{key}", _HELP[key] + default)
+        elif key == "pooling":
+            group.add_argument("--pooling", choices=("max", "avg"), default=None, help=_HELP[key] + default)
+        else:
+            group.add_argument(f"--{key}", type=positive_int, default=None, help=_HELP[key] + default)
+    exe = parser.add_argument_group("kernels (same parameters and results; free to change on every run)")
+    _optional_bool(exe, "--low_memory", "unfused kernels recomputed in the backward pass: slower, less memory "
+                                        "(default: false)")
+    exe.add_argument("--fuse_level", choices=("auto",) + tuple(FUSE_LEVELS), default="auto",
+                     help="most fused TFN kernel allowed (each layer uses the best one its fibers permit); "
+                          "auto = full on CUDA, none (pairwise, measured fastest) on CPU")
+    _optional_bool(exe, "--pad_trick", "pad odd basis dimensions to even sizes (tensor cores) (default: false)")
 
 
-def model_config(args: argparse.Namespace) -> Dict:
-    return {k: getattr(args, k) for k in MODEL_KEYS}
+def resolve_model_args(args: argparse.Namespace) -> Dict:
+    """Fill unset architecture flags from ``--preset``; returns the architecture config."""
+    preset = PRESETS[args.preset]
+    for key in ARCH_KEYS:
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    for key in ("low_memory", "pad_trick", "precompute_bases"):
+        setattr(args, key, bool(getattr(args, key)))
+    return model_config(args)
+
+
+def model_config(args) -> Dict:
+    """The architecture (``ARCH_KEYS``) as plain data, as stored in checkpoints."""
+    return {k: getattr(args, k) for k in ARCH_KEYS}
+
+
+def config_from_checkpoint(path: str, meta: Dict, args: argparse.Namespace) -> Dict:
+    """The checkpoint's architecture; refuses architecture flags on the command line that disagree."""
+    config = meta.get("config")
+    if not isinstance(config, dict) or any(k not in config for k in ARCH_KEYS):
+        raise CheckpointError(f"checkpoint {path} carries no SE(3)-Transformer model config; was it written by "
+                              "se3_transformer.train?")
+    differ = [f"--{k} {_flag(getattr(args, k))} vs the checkpoint's {_flag(config[k])}"
+              for k in ARCH_KEYS if getattr(args, k, None) is not None and getattr(args, k) != config[k]]
+    if differ:
+        raise ConfigError(f"the model flags disagree with checkpoint {path}: " + "; ".join(differ)
+                          + " (the architecture comes from the checkpoint: drop these flags)")
+    args.__dict__.update({k: config[k] for k in ARCH_KEYS})
+    return {k: config[k] for k in ARCH_KEYS}
+
+
+def _flag(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_identity(path: str, meta: Dict, expect: Dict, hint: str = "") -> None:
+    """Refuse a checkpoint whose identity differs; architecture differences are listed key by key."""
+    config = expect.get("config")
+    saved = meta.get("config")
+    if config is not None and isinstance(saved, dict) and saved != config:
+        differ = [f"{k}: checkpoint has {_flag(saved.get(k))}, this run has {_flag(config.get(k))}"
+                  for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+        raise CheckpointError(f"checkpoint {path} has another architecture: " + "; ".join(differ)
+                              + " (pass the checkpoint's model flags)")
+    try:
+        check_meta(path, meta, expect)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{hint}") from None
+
+
+def read_se3_checkpoint(path: str) -> Dict:
+    """:func:`runtime.checkpoint.read_checkpoint`, giving checkpoints written before the shared loop
+    (format v1: identity in ``extra``) the ``meta`` of today's, so they resume and evaluate as before."""
+    state = read_checkpoint(path)
+    extra = state.get("extra") or {}
+    if not state.get("meta") and isinstance(extra.get("model_config"), dict):
+        state["meta"] = {"recipe": RECIPE, "model": RECIPE,
+                         "config": {k: extra["model_config"].get(k) for k in ARCH_KEYS},
+                         "task": extra.get("task"), "dataset": extra.get("source")}
+    return state
 
 
 def resolve_fuse_level(name: str, device: torch.device) -> FuseLevel:
@@ -61,22 +175,15 @@ def resolve_fuse_level(name: str, device: torch.device) -> FuseLevel:
     return FUSE_LEVELS[name]
 
 
-def build_model(config: Dict, device: torch.device = torch.device("cpu")) -> SE3TransformerPooled:
+def build_model(config: Dict, device: torch.device = torch.device("cpu"), fuse_level: str = "auto",
+                low_memory: bool = False, pad_trick: bool = False) -> SE3TransformerPooled:
+    """The pooled regressor of architecture ``config``, with the given kernel execution settings."""
     return SE3TransformerPooled(
         node_dim=NODE_FEATURE_DIM, edge_dim=EDGE_FEATURE_DIM, num_degrees=config["num_degrees"],
         num_channels=config["num_channels"], pooling=config["pooling"], num_layers=config["num_layers"],
         num_heads=config["num_heads"], channels_div=config["channels_div"], norm=config["norm"],
-        use_layer_norm=config["use_layer_norm"], low_memory=config["low_memory"],
-        fuse_level=resolve_fuse_level(config["fuse_level"], device), use_pad_trick=config["pad_trick"])
-
-
-def make_loader(dataset: QM9GraphDataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    sampler = make_sampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      collate_fn=dataset.collate, num_workers=num_workers, drop_last=drop_last,
-                      generator=generator, persistent_workers=num_workers > 0)
+        use_layer_norm=config["use_layer_norm"], low_memory=low_memory,
+        fuse_level=resolve_fuse_level(fuse_level, device), use_pad_trick=pad_trick)
 
 
 class TargetScaler:
@@ -84,7 +191,8 @@ class TargetScaler:
 
     def __init__(self, mean: float, std: float):
         if not np.isfinite(mean) or not np.isfinite(std) or std <= 0:
-            raise ValueError(f"cannot standardise targets with mean={mean}, std={std}")
+            raise ConfigError(f"cannot standardise targets with mean={mean}, std={std} (too few training "
+                              "molecules?)")
         self.mean, self.std = float(mean), float(std)
 
     @classmethod
@@ -101,40 +209,148 @@ class TargetScaler:
         return {"mean": self.mean, "std": self.std}
 
 
+def baseline_mae(targets: np.ndarray, scaler: TargetScaler) -> float:
+    """MAE of predicting the training mean for every molecule (``{split}_mae_baseline_mean``)."""
+    return float(np.mean(np.abs(targets.astype(np.float64) - scaler.mean)))
+
+
 @torch.no_grad()
-def evaluate(model, loader: DataLoader, scaler: TargetScaler, precision, device,
-             collect: bool = False) -> Dict:
-    """MAE (target units) over all ranks; with ``collect`` also this rank's predictions and targets."""
+def predict_batches(model, loader, scaler: TargetScaler, precision, device):
+    """Yield (batch on the device, prediction in target units) for every batch of ``loader``."""
+    was_training = model.training
     model.eval()
-    abs_err = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    preds, targets = [], []
-    for batch, basis in loader:
-        batch = batch.to(device)
-        basis = None if basis is None else {k: v.to(device) for k, v in basis.items()}
-        with precision.autocast():
-            out = model(batch, basis)
-        pred = scaler.unscale(out.float())
-        abs_err += (pred - batch.y).abs().sum().double()
+    try:
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            with precision.autocast():
+                out = model(batch.graph, batch.basis)
+            yield batch, scaler.unscale(out.float())
+    finally:
+        model.train(was_training)
+
+
+def evaluate_split(model, loader, scaler: TargetScaler, precision, device) -> Dict[str, float]:
+    """MAE (target unit), L1 loss (standardised) and count over every rank's shard; one all-reduce."""
+    errors = torch.zeros((), dtype=torch.float64, device=device)  # sum of |error| in the target unit
+    count = 0  # molecules, known on the host
+    for batch, pred in predict_batches(model, loader, scaler, precision, device):
+        errors += (pred.double() - batch.graph.y.double()).abs().sum()
         count += batch.num_graphs
-        if collect:
-            preds.append(pred.cpu())
-            targets.append(batch.y.cpu())
-    all_reduce_sum(abs_err)
-    all_reduce_sum(count)
-    model.train()
-    result = {"mae": float(abs_err / count.clamp(min=1)), "count": int(count)}
-    if collect:
-        result["pred"] = torch.cat(preds).numpy()
-        result["target"] = torch.cat(targets).numpy()
-    return result
+    sums = torch.stack([errors, errors / scaler.std, torch.tensor(float(count), dtype=torch.float64, device=device)])
+    all_reduce_sum(sums)
+    mae, loss, count = sums.tolist()
+    count = max(count, 1.0)
+    return {"mae": mae / count, "loss": loss / count, "count": int(round(count))}
 
 
-def log_benchmark(meter: PerformanceMeter, logger, prefix: str, device: torch.device) -> dict:
-    """Log the meter's summary plus throughput in molecules/ms and peak memory; returns the stats."""
-    stats = meter.log(logger, prefix=prefix)
-    stats = {**stats, "throughput_mol_per_ms": stats.get("throughput", 0.0) / 1000,
-             "peak_memory_mb": peak_memory_mb(device)}
-    logger.log((), {f"{prefix}_throughput_mol_per_ms": stats["throughput_mol_per_ms"],
-                    "peak_memory_mb": stats["peak_memory_mb"]})
-    return stats
+def gather_shards(values: torch.Tensor, total: int) -> torch.Tensor:
+    """Reassemble per-rank values of a :class:`~runtime.data.ShardSampler` (rank r holds positions
+    r, r + world, ...) into the full ``[total]`` vector, on every rank."""
+    world = get_world_size()
+    values = values.detach().double().cpu()
+    if world == 1 or not is_initialized():
+        return values
+    size = math.ceil(total / world)
+    padded = torch.full((size,), float("nan"), dtype=torch.float64)
+    padded[:len(values)] = values
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.stack(parts, dim=1).reshape(-1)[:total]
+
+
+def benchmark_inference(model, loader, precision, device, warmup: int, steps: int, logger) -> Dict[str, float]:
+    """Time forward passes (device-synchronised), cycling the loader; logs ``inference_throughput``
+    (molecules/s), ``inference_latency_*`` (ms) and ``peak_memory_mb``."""
+    meter = PerformanceMeter(device, warmup_steps=warmup)
+    model.eval()
+    done = 0
+    with torch.no_grad():
+        while done < warmup + steps:
+            for batch in loader:
+                meter.start()
+                batch = batch.to(device, non_blocking=True)
+                with precision.autocast():
+                    model(batch.graph, batch.basis)
+                meter.stop(batch.num_graphs * get_world_size())
+                done += 1
+                if done >= warmup + steps:
+                    break
+    stats = meter.log(logger, prefix="inference")
+    memory = peak_memory_mb(device)
+    logger.log((), {"peak_memory_mb": memory})
+    return {**stats, "peak_memory_mb": memory}
+
+
+def l1_loss(pred: torch.Tensor, y: torch.Tensor, scaler: TargetScaler) -> torch.Tensor:
+    """The training loss: L1 on the standardised target."""
+    return F.l1_loss(pred.float(), scaler.scale(y))
+
+
+# ---- evaluate / predict ----------------------------------------------------------------------------
+def build_inference_parser(prog: str, description: str, entry: str) -> argparse.ArgumentParser:
+    """The flags of ``evaluate`` and ``predict``: the shared eval group, data, model (checked against
+    the checkpoint), kernels and ``--split``."""
+    parser = ArgumentParser(prog=prog, description=description)
+    add_common_args(parser, kind="eval", batch_size=240, data_dir=DEFAULT_DATA_DIR, log_dir="results/se3_transformer",
+                    dllogger_name=f"{entry}_log.json", benchmark_warmup=3, benchmark_steps=10)
+    add_data_args(parser, from_checkpoint=True)
+    add_model_args(parser, from_checkpoint=True)
+    parser.add_argument("--split", choices=SPLITS, default="test", help="which split of the dataset to use")
+    return parser
+
+
+class InferenceRun:
+    """A trained model and one split of its data, set up from a checkpoint (see ``build_inference_parser``)."""
+
+    def __init__(self, args: argparse.Namespace):
+        if not args.load_ckpt_path:
+            raise ConfigError("--load_ckpt_path is required: a checkpoint written by se3_transformer.train")
+        if args.cuda_graphs:
+            raise ConfigError("--cuda_graphs is not supported by the SE(3)-Transformer: every batch of molecules "
+                              "has other node and edge counts, so no fixed-shape step can be captured; drop the flag")
+        self.env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+        self.device = device = self.env.device
+        if args.tf32 is not None:
+            set_tf32(args.tf32)
+        path = args.load_ckpt_path
+        state = read_se3_checkpoint(path)
+        meta, extra = state["meta"], state["extra"]
+        check_identity(path, meta, {"recipe": RECIPE})
+        self.config = config_from_checkpoint(path, meta, args)
+        if args.task is not None and args.task != meta.get("task"):
+            raise ConfigError(f"--task {args.task} disagrees with checkpoint {path}, which was trained on "
+                              f"{meta.get('task')} (drop --task, or train on {args.task} with --finetune)")
+        self.task = meta.get("task")
+        args.task = self.task
+        args.dataset = args.dataset or meta.get("dataset", "sample")
+        if args.num_molecules is None:
+            args.num_molecules = extra.get("num_molecules")
+        for key in ("low_memory", "pad_trick", "precompute_bases"):
+            setattr(args, key, bool(getattr(args, key)))
+        if is_main_process():
+            ensure_writable_dir(args.log_dir, "--log_dir")
+        self.unit = extra.get("unit") or QM9_UNITS.get(self.task)
+        self.scaler = TargetScaler(**extra["target_scaler"])
+        self.model = build_model(self.config, device, args.fuse_level, args.low_memory, args.pad_trick)
+        load_checkpoint(path, self.model, state=state)
+        self.model = self.model.to(device).eval()
+
+        def read():
+            return load_qm9(args.dataset, args.data_dir, args.num_molecules,
+                            create_parents=args.data_dir == DEFAULT_DATA_DIR)
+
+        arrays = read() if is_main_process() else None
+        barrier()
+        self.arrays = arrays if arrays is not None else read()
+        self.split = args.split
+        self.ids = dict(zip(("train", "val", "test"), split_indices(len(self.arrays), seed=0)))[args.split]
+        bases = precompute_bases(self.arrays, self.model.transformer.max_degree) if args.precompute_bases else None
+        self.dataset = QM9GraphDataset(self.arrays, self.ids, self.task, bases, split=args.split)
+        self.loader = make_loader(self.dataset, args.batch_size,
+                                  ShardSampler(len(self.dataset), self.env.world_size, self.env.rank),
+                                  self.dataset.collate, resolve_num_workers(args.num_workers, device), device)
+        self.precision = Precision(args.amp, device, args.amp_dtype)
+
+    def declare_units(self, logger, names) -> None:
+        for name in names:
+            logger.log_metadata(name, {"unit": self.unit, "format": ":.4f"})

@@ -1,208 +1,294 @@
 """Train the SE(3)-Transformer on a QM9 target: ``python -m se3_transformer.train --help``.
 
-L1 loss on the standardised target, MAE reported in the target's units (eV for homo), synchronised
-across ranks. Multi-process: ``torchrun --nproc_per_node N -m se3_transformer.train ...`` (DDP).
+Multi-process: ``torchrun --nproc_per_node N -m se3_transformer.train ...`` (DDP; NCCL on GPUs, gloo on CPU).
+
+=================  ===============================================================================
+concern            rule
+=================  ===============================================================================
+loop               :class:`runtime.loop.TrainLoop` drives the run (accumulation with DDP no_sync,
+                   logging, limits, checkpoints, exact mid-epoch resume); this file says what a
+                   step, an evaluation and a checkpoint are.
+loss / metrics     L1 on the standardised target (``train_loss``, ``val_loss``); ``val_mae`` in the
+                   target's unit; ``val_mae_baseline_mean`` = MAE of predicting the training mean.
+schedule           NVIDIA's: ``CosineAnnealingWarmRestarts(T_0=epochs, eta_min=min_learning_rate or
+                   learning_rate / 10)`` stepped once per epoch, times an optional linear warm-up
+                   over the first ``--warmup_steps`` optimizer steps. A function of the position,
+                   so a resumed run gets the same rates.
+resume             ``--load_ckpt_path``: model, optimizer, loss scaler and position; the checkpoint's
+                   recipe, architecture, task and dataset must match the run (CheckpointError naming
+                   both sides). ``--finetune``: weights only, any task or dataset, a new optimizer
+                   and schedule from position 0.
+fail fast          ``--log_dir``, the ``--save_ckpt_path`` directory, the checkpoint to load and the
+                   data are checked before the first step.
+benchmark          ``--benchmark``: no evaluation, no checkpoints; logs ``train_throughput``
+                   (molecules/s), ``train_latency_{mean,p50,p90,p95,p99}`` (ms), ``peak_memory_mb``.
+=================  ===============================================================================
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-import time
-from typing import Optional
+from typing import List, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from runtime.callbacks import PerformanceMeter
+from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import load_checkpoint, save_checkpoint
-from runtime.cli import add_common_args
+from runtime.cli import ArgumentParser, add_common_args, non_negative_int, optimizer_betas, positive_float, \
+    resolve_num_workers, sgd_momentum
 from runtime.compile import maybe_compile
-from runtime.cuda_graphs import require_cuda_graphs
-from runtime.distributed import all_reduce_mean, barrier, get_rank, init_distributed, is_main_process, shutdown, \
-    wrap_ddp
+from runtime.data import EpochSampler, ShardSampler, make_loader
+from runtime.distributed import barrier, init_distributed, is_main_process, shutdown, wrap_ddp
+from runtime.errors import CheckpointError, ConfigError, run_main
+from runtime.io import ensure_writable_dir
 from runtime.logging import setup_logger
-from runtime.optim import make_optimizer, make_scheduler
+from runtime.loop import LoopConfig, Position, TrainLoop
+from runtime.optim import make_optimizer
 from runtime.precision import Precision, set_tf32
 from runtime.progress import progress
 from runtime.seed import seed_everything
-from se3_transformer.data import QM9_UNITS, QM9GraphDataset, load_qm9, precompute_bases, split_indices
-from se3_transformer.engine import TargetScaler, add_data_args, add_model_args, build_model, evaluate, \
-    log_benchmark, make_loader, model_config
+from se3_transformer.data import DEFAULT_DATA_DIR, QM9_UNITS, QM9GraphDataset, load_qm9, precompute_bases, \
+    split_indices
+from se3_transformer.engine import RECIPE, TargetScaler, add_data_args, add_model_args, baseline_mae, build_model, \
+    check_identity, evaluate_split, l1_loss, read_se3_checkpoint, resolve_model_args
+
+CUDA_GRAPHS_REFUSED = ("--cuda_graphs is not supported by the SE(3)-Transformer: every batch of molecules has "
+                       "other node and edge counts, so no fixed-shape step can be captured; drop the flag")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m se3_transformer.train", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser, batch_size=240, epochs=100, learning_rate=0.002, weight_decay=0.1, optimizer="adamw",
-                    eval_interval=20, ckpt_interval=-1, data_dir="data_cache/se3_transformer",
-                    log_dir="results/se3_transformer",
-                    benchmark_warmup=5, benchmark_steps=20)
+    parser = ArgumentParser(prog="python -m se3_transformer.train", description=__doc__.split("\n\n")[0])
+    add_common_args(parser, kind="train", batch_size=240, epochs=100, learning_rate=0.002, weight_decay=0.1,
+                    optimizer="adamw", eval_interval=20, ckpt_interval=-1, data_dir=DEFAULT_DATA_DIR,
+                    log_dir="results/se3_transformer", benchmark_warmup=5, benchmark_steps=20)
     add_data_args(parser)
     add_model_args(parser)
     group = parser.add_argument_group("schedule")
-    group.add_argument("--min_lr", type=float, default=1e-5, help="final learning rate of the cosine schedule")
-    group.add_argument("--warmup_steps", type=int, default=0, help="linear learning-rate warm-up steps")
-    group.add_argument("--max_time_min", type=float, default=None,
-                       help="stop training after this many minutes (checked after each epoch)")
+    group.add_argument("--min_learning_rate", "--min_lr", dest="min_learning_rate", type=positive_float,
+                       default=None, help="eta_min of the per-epoch cosine schedule (default: learning_rate / 10, "
+                                          "as NVIDIA)")
+    group.add_argument("--warmup_steps", type=non_negative_int, default=0,
+                       help="linear learning-rate warm-up over the first N optimizer steps (NVIDIA: none)")
     return parser
 
 
-def _to_device(batch, basis, device):
-    return batch.to(device), (None if basis is None else {k: v.to(device) for k, v in basis.items()})
+class CosineSchedule:
+    """NVIDIA's SE(3) schedule as a function of the position.
+
+    ``lr(epoch, step) = (eta_min + (lr - eta_min) (1 + cos(pi (epoch mod epochs) / epochs)) / 2)
+    * min(1, (step + 1) / warmup_steps)``: the rate ``CosineAnnealingWarmRestarts(T_0=epochs,
+    eta_min)`` gives when stepped once per epoch, times a linear warm-up. It holds no state, so a
+    resumed run (any position) sets exactly the rates an uninterrupted run had.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, min_lr: Optional[float], epochs: int,
+                 warmup_steps: int = 0):
+        self.optimizer, self.lr, self.epochs, self.warmup_steps = optimizer, lr, epochs, warmup_steps
+        self.min_lr = lr / 10.0 if min_lr is None else min_lr
+
+    def lr_at(self, epoch: int, step: int) -> float:
+        t = (epoch % self.epochs) / self.epochs
+        rate = self.min_lr + (self.lr - self.min_lr) * (1 + math.cos(math.pi * t)) / 2
+        if self.warmup_steps:
+            rate *= min(1.0, (step + 1) / self.warmup_steps)
+        return rate
+
+    def apply(self, epoch: int, step: int) -> None:
+        """Set the rate of the optimizer step that follows ``step`` steps, in ``epoch``."""
+        rate = self.lr_at(epoch, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
 
-def train_step(model, batch, basis, scaler: TargetScaler, precision, accumulate: int) -> torch.Tensor:
-    with precision.autocast():
-        pred = model(batch, basis)
-    loss = F.l1_loss(pred.float(), scaler.scale(batch.y))
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss.item()} (not finite): lower --learning_rate or "
-                                 f"set --gradient_clip")
-    precision.backward(loss / accumulate)
-    return loss.detach()
+def check_output_locations(args) -> None:
+    """Fail in seconds, not after hours: the log directory and the checkpoint's directory must be writable."""
+    ensure_writable_dir(args.log_dir, "--log_dir")
+    if args.save_ckpt_path:
+        if os.path.isdir(args.save_ckpt_path):
+            raise ConfigError(f"--save_ckpt_path {args.save_ckpt_path} is a directory; give a file name, e.g. "
+                              f"{os.path.join(args.save_ckpt_path, 'se3_transformer.pt')}")
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.save_ckpt_path)), "--save_ckpt_path")
 
 
-def train_epoch(args, epoch: int, step: int, model, loader, scaler, precision, optimizer, scheduler, logger):
-    """One pass over ``loader`` with gradient accumulation; returns (mean loss over ranks, global step)."""
-    losses = []
-    optimizer.zero_grad(set_to_none=True)
-    for i, (batch, basis) in enumerate(progress(loader, f"epoch {epoch}", enabled=False if args.silent else None)):
-        batch, basis = _to_device(batch, basis, precision.device)
-        losses.append(train_step(model, batch, basis, scaler, precision, args.accumulate_grad_batches))
-        if (i + 1) % args.accumulate_grad_batches == 0 or i + 1 == len(loader):
-            precision.step(optimizer, clip_norm=args.gradient_clip)
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            if step % args.log_every == 0:
-                logger.log((epoch, step), {"train loss": losses[-1].item(), "lr": scheduler.get_last_lr()[0]})
-    return all_reduce_mean(torch.stack(losses).mean().to(precision.device)).item(), step
+def load_data(args, silent: bool):
+    """Rank 0 reads (and if needed parses, caches or downloads) first; the other ranks then read."""
+    def read():
+        bar = None if silent or not is_main_process() else \
+            (lambda it, total=None: progress(it, "parsing QM9", total))
+        return load_qm9(args.dataset, args.data_dir, args.num_molecules, progress=bar,
+                        create_parents=args.data_dir == DEFAULT_DATA_DIR)
+
+    arrays = read() if is_main_process() else None
+    barrier()
+    return arrays if arrays is not None else read()
 
 
-def run_benchmark(args, model, loader, scaler, precision, optimizer, device, logger) -> dict:
-    """Time training steps (forward + backward + optimizer step) and report molecules/ms and latency."""
-    meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup)
-    total = args.benchmark_warmup + args.benchmark_steps
-    done = 0
-    while done < total:
-        for batch, basis in loader:
-            batch, basis = _to_device(batch, basis, device)
-            meter.start()
-            train_step(model, batch, basis, scaler, precision, 1)
-            precision.step(optimizer, clip_norm=args.gradient_clip)
-            optimizer.zero_grad(set_to_none=True)
-            meter.stop(batch.num_graphs)
-            done += 1
-            if done >= total:
-                break
-    stats = log_benchmark(meter, logger, "train", device)
-    return stats
-
-
-def main(argv: Optional[list] = None) -> dict:
+def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
-    env = init_distributed()
-    device = env.device
-    seed_everything(args.seed, env.rank)
+    config = resolve_model_args(args)
     if args.cuda_graphs:
-        require_cuda_graphs(device)
-        raise NotImplementedError("--cuda_graphs: graph shapes change every batch; capture is not supported here")
-    set_tf32(args.tf32)
-    logger = setup_logger(args.log_dir, wandb=args.wandb, wandb_project=args.wandb_project,
-                          tensorboard=args.tensorboard, silent=args.silent, run_name="se3_transformer")
-    logger.log_params(vars(args))
+        raise ConfigError(CUDA_GRAPHS_REFUSED)
+    if args.finetune and not args.load_ckpt_path:
+        raise ConfigError("--finetune needs --load_ckpt_path (the checkpoint whose weights to start from)")
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+    device = env.device
+    if args.tf32 is not None:
+        set_tf32(args.tf32)
+    if is_main_process():
+        check_output_locations(args)
+    state = None
+    meta = {"recipe": RECIPE, "model": RECIPE, "config": config, "task": args.task, "dataset": args.dataset}
+    if args.load_ckpt_path:
+        state = read_se3_checkpoint(args.load_ckpt_path)
+        if args.finetune:
+            check_identity(args.load_ckpt_path, state["meta"], {k: meta[k] for k in ("recipe", "model", "config")})
+        else:
+            check_identity(args.load_ckpt_path, state["meta"], meta,
+                           hint="; to train its weights on another task or dataset, add --finetune")
+    resuming = state is not None and not args.finetune
+    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
+                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
+                          run_name=f"se3_transformer_{args.task}", recipe=RECIPE, append=resuming)
+    try:
+        result = _train(args, env, device, config, meta, state, resuming, logger)
+    finally:
+        logger.close()
+    shutdown()
+    return result
+
+
+def _train(args, env, device, config, meta, state, resuming, logger) -> dict:
+    logger.log_params({**vars(args), "model_config": config})
+    seed_everything(args.seed, env.rank)
 
     # ---- data ----
-    if is_main_process():  # rank 0 parses / downloads first so the cache is written once
-        arrays = load_qm9(args.source, args.data_dir, args.num_molecules,
-                          progress=lambda it, total=None: progress(it, "parsing QM9", total, enabled=False if args.silent else None))
-    barrier()
-    if not is_main_process():
-        arrays = load_qm9(args.source, args.data_dir, args.num_molecules)
+    arrays = load_data(args, args.silent)
     train_ids, val_ids, _ = split_indices(len(arrays), seed=0)
-    model = build_model(model_config(args), device)
-    max_degree = model.transformer.max_degree
-    bases = precompute_bases(arrays, max_degree) if args.precompute_bases else None
-    train_set = QM9GraphDataset(arrays, train_ids, args.task, bases)
-    val_set = QM9GraphDataset(arrays, val_ids, args.task, bases)
-    scaler = TargetScaler.fit(train_set.targets[train_ids])
-    train_loader = make_loader(train_set, args.batch_size, True, args.seed, args.num_workers)
-    val_loader = make_loader(val_set, args.batch_size, False, args.seed, args.num_workers)
-    unit = QM9_UNITS.get(args.task, "")
-    baseline = float(np.mean(np.abs(val_set.targets[val_ids] - scaler.mean)))
-    logger.log_metadata("validation MAE", {"unit": unit, "format": ":.4f"})
-    logger.log_metadata("train loss", {"unit": None, "format": ":.4f"})
-    logger.log((), {"molecules": len(arrays), "train": len(train_ids), "val": len(val_ids),
-                    "val MAE of predicting the train mean": baseline})
+    model = build_model(config, device, args.fuse_level, args.low_memory, args.pad_trick)
+    bases = precompute_bases(arrays, model.transformer.max_degree) if args.precompute_bases else None
+    train_set = QM9GraphDataset(arrays, train_ids, args.task, bases, split="training")
+    val_set = QM9GraphDataset(arrays, val_ids, args.task, bases, split="validation")
+    extra = state["extra"] if state is not None else {}
+    if resuming:
+        if extra.get("num_molecules") != args.num_molecules:
+            raise CheckpointError(f"checkpoint {args.load_ckpt_path} was trained with --num_molecules "
+                                  f"{extra.get('num_molecules')}, this run has {args.num_molecules}: the splits "
+                                  "would differ; pass the same value (or --finetune)")
+        scaler = TargetScaler(**extra["target_scaler"])
+    else:
+        scaler = TargetScaler.fit(train_set.split_targets)
+    unit = QM9_UNITS.get(args.task)
 
-    # ---- model, optimizer ----
+    workers = resolve_num_workers(args.num_workers, device)
+    train_sampler = EpochSampler(len(train_set), shuffle=True, seed=args.seed, num_replicas=env.world_size,
+                                 rank=env.rank)
+    train_loader = make_loader(train_set, args.batch_size, train_sampler, train_set.collate, workers, device)
+    val_loader = make_loader(val_set, args.batch_size, ShardSampler(len(val_set), env.world_size, env.rank),
+                             val_set.collate, workers, device)
+
+    # ---- model, optimizer, precision, schedule ----
     model = model.to(device)
-    model = maybe_compile(wrap_ddp(model), args.compile)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.weight_decay)
-    steps_per_epoch = max(1, -(-len(train_loader) // args.accumulate_grad_batches))
-    scheduler = make_scheduler("cosine", optimizer, warmup_steps=args.warmup_steps,
-                               total_steps=max(args.warmup_steps + 1, args.epochs * steps_per_epoch),
-                               min_lr=args.min_lr)
+    train_model = maybe_compile(wrap_ddp(model), args.compile)
+    eval_model = train_model if env.world_size == 1 else maybe_compile(model, args.compile)  # no DDP in eval
+    ddp = unwrap_compile(train_model)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.weight_decay,
+                               momentum=sgd_momentum(args), betas=optimizer_betas(args))
     precision = Precision(args.amp, device, args.amp_dtype)
-    start_epoch, step = 0, 0
-    if args.load_ckpt_path:
-        state = load_checkpoint(args.load_ckpt_path, model, optimizer, scheduler, precision, restore_rng=True)
-        start_epoch, step = state["epoch"], state["step"]
-        logger.log((), {"resumed from": args.load_ckpt_path, "epoch": start_epoch})
+    schedule = CosineSchedule(optimizer, args.learning_rate, args.min_learning_rate, args.epochs, args.warmup_steps)
+    position = Position()
+    if state is not None:
+        if resuming:
+            info = load_checkpoint(args.load_ckpt_path, model, optimizer, None, precision, state=state,
+                                   expect={k: meta[k] for k in ("recipe", "config", "task", "dataset")})
+            position = Position.from_dict(info["position"])
+            check_mid_epoch_resume(args, extra, position, env.world_size)
+        else:
+            load_checkpoint(args.load_ckpt_path, model, state=state)  # --finetune: weights only (strict)
+    schedule.apply(position.epoch, position.step)
 
+    baseline = baseline_mae(val_set.split_targets, scaler)
+    for name in ("val_mae", "val_mae_baseline_mean"):
+        logger.log_metadata(name, {"unit": unit, "format": ":.4f"})
+    logger.log((), {"task": args.task, "train_size": len(train_set), "val_size": len(val_set),
+                    "val_mae_baseline_mean": baseline, "world_size": env.world_size,
+                    "parameters": sum(p.numel() for p in model.parameters())})
+    if state is not None:
+        logger.log((), {"resumed_from": args.load_ckpt_path})
+
+    # ---- what the loop calls ----
+    where = {"epoch": position.epoch, "step": position.step}
+    last_eval = {}
+
+    def forward_backward(batch, loss_scale: float):
+        batch = batch.to(device, non_blocking=True)
+        with precision.autocast():
+            pred = train_model(batch.graph, batch.basis)
+        loss = l1_loss(pred, batch.graph.y, scaler)
+        precision.backward(loss * loss_scale)
+        return {"loss": loss.detach()}
+
+    def optimizer_step():
+        norm = precision.step(optimizer, clip_norm=args.gradient_clip)
+        optimizer.zero_grad(set_to_none=True)
+        where["step"] += 1
+        schedule.apply(where["epoch"], where["step"])
+        return None if norm is None else {"grad_norm": norm}
+
+    def end_epoch(epoch: int) -> None:
+        where["epoch"] = epoch + 1
+        schedule.apply(where["epoch"], where["step"])
+
+    def evaluate(epoch: int, scheduled: bool):
+        result = evaluate_split(eval_model, val_loader, scaler, precision, device)
+        last_eval["val_count"] = result["count"]
+        return {"val_mae": result["mae"], "val_loss": result["loss"]}
+
+    def save(pos: Position) -> None:
+        if not args.save_ckpt_path:
+            return
+        periodic = args.ckpt_interval > 0 or args.ckpt_steps > 0
+        save_checkpoint(args.save_ckpt_path, model, optimizer, None, precision, meta=meta, position=pos.to_dict(),
+                        keep_last=args.keep_last if periodic else None,
+                        extra={"target_scaler": scaler.state_dict(), "unit": unit,
+                               "num_molecules": args.num_molecules, "batch_size": args.batch_size,
+                               "world_size": env.world_size})
+
+    meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None
+    loop = TrainLoop(LoopConfig.from_args(args, seed_rank=env.rank, replicas=env.world_size), train_loader,
+                     train_sampler, logger, forward_backward=forward_backward, optimizer_step=optimizer_step,
+                     batch_items=lambda batch: batch.num_graphs, lr=lambda: optimizer.param_groups[0]["lr"],
+                     evaluate=None if args.benchmark else evaluate, end_epoch=end_epoch,
+                     save=None if args.benchmark else save,
+                     no_sync=ddp.no_sync if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) else None,
+                     meter=meter)
+    result = loop.run(position)
     if args.benchmark:
-        stats = run_benchmark(args, model, train_loader, scaler, precision, optimizer, device, logger)
-        logger.close()
-        shutdown()
-        return stats
+        result["peak_memory_mb"] = peak_memory_mb(device)
+        logger.log((), {"peak_memory_mb": result["peak_memory_mb"]})
+        result.update(meter.summary())
+    result.update(val_mae_baseline_mean=baseline, **last_eval)
+    return result
 
-    def checkpoint(epoch: int) -> None:
-        if args.save_ckpt_path:
-            save_checkpoint(args.save_ckpt_path, model, optimizer, scheduler, precision, epoch=epoch, step=step,
-                            extra={"model_config": model_config(args), "target_scaler": scaler.state_dict(),
-                                   "task": args.task, "unit": unit, "source": args.source,
-                                   "num_molecules": args.num_molecules},
-                            keep_last=args.keep_last if args.ckpt_interval > 0 else None)
 
-    # ---- training loop ----
-    started = time.time()
-    history = {"train_loss": [], "val_mae": []}
-    model.train()
-    epochs_done = start_epoch
-    for epoch in range(start_epoch, args.epochs):
-        if getattr(train_loader.sampler, "set_epoch", None):
-            train_loader.sampler.set_epoch(epoch)
-        epoch_loss, step = train_epoch(args, epoch, step, model, train_loader, scaler, precision, optimizer,
-                                       scheduler, logger)
-        history["train_loss"].append(epoch_loss)
-        epochs_done = epoch + 1
-        logger.log((epoch, step), {"train loss": epoch_loss})
-        out_of_time = args.max_time_min is not None and time.time() - started > 60 * args.max_time_min
-        last = epoch + 1 == args.epochs or out_of_time
-        if args.eval_interval > 0 and ((epoch + 1) % args.eval_interval == 0 or last):
-            val = evaluate(model, val_loader, scaler, precision, device)
-            history["val_mae"].append(val["mae"])
-            logger.log((epoch, step), {"validation MAE": val["mae"]})
-        if args.ckpt_interval > 0 and (epoch + 1) % args.ckpt_interval == 0 and not last:
-            checkpoint(epoch + 1)
-        if out_of_time:
-            logger.log((), {"stopped": f"--max_time_min {args.max_time_min} reached after epoch {epoch}"})
-            break
-    checkpoint(epochs_done)
-    final = evaluate(model, val_loader, scaler, precision, device)
-    summary = {"validation MAE": final["mae"], "val MAE of predicting the train mean": baseline,
-               "train minutes": (time.time() - started) / 60, "epochs run": epochs_done - start_epoch}
-    logger.log((), summary)
-    logger.close()
-    shutdown()
-    return {**history, "final_val_mae": final["mae"], "baseline_val_mae": baseline}
+def unwrap_compile(model):
+    """The module under torch.compile's wrapper (DDP stays)."""
+    while hasattr(model, "_orig_mod"):
+        model = model._orig_mod
+    return model
+
+
+def check_mid_epoch_resume(args, extra, position: Position, world_size: int) -> None:
+    """Mid-epoch, the batches already consumed are skipped by count: the batch size and process
+    count must be the ones that consumed them."""
+    saved = (extra.get("batch_size"), extra.get("world_size"))
+    if position.batch and saved != (args.batch_size, world_size):
+        raise CheckpointError(f"checkpoint {args.load_ckpt_path} was written mid-epoch ({position.batch} batches "
+                              f"into epoch {position.epoch}) with --batch_size {saved[0]} on {saved[1]} process(es); "
+                              f"this run has --batch_size {args.batch_size} on {world_size}: resume with those, or "
+                              "from a checkpoint written at an epoch end")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        if get_rank() == 0:
-            print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main))

@@ -15,10 +15,6 @@ from urllib.parse import quote
 
 import numpy as np
 import torch
-from ase.constraints import FixAtoms
-from ase.db.jsondb import JSONDatabase
-from ase.db.sqlite import SQLite3Database
-from ase.io.formats import UnknownFileTypeError
 from torch.utils.data import Dataset
 
 from runtime.errors import DataError, MissingFileError
@@ -26,11 +22,20 @@ from runtime.errors import DataError, MissingFileError
 from .records import frame_to_tensors, validate_frame
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-_DB_ERRORS = (UnknownFileTypeError, sqlite3.Error, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError)
+# ase is imported where it is used: importing ase.constraints costs ~1 s, once per process of every run.
+
+
+def _db_errors():
+    from ase.io.formats import UnknownFileTypeError
+
+    return (UnknownFileTypeError, sqlite3.Error, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+            AssertionError)
 
 
 def frame_from_atoms(atoms, energy: float, forces, sid: int = 0, fid: int = 0, where: Optional[str] = None) -> Dict:
     """An S2EF record from an ``ase.Atoms``: tags from ``atoms.get_tags()``, fixed from FixAtoms."""
+    from ase.constraints import FixAtoms
+
     fixed = np.zeros(len(atoms), dtype=np.int64)
     for constraint in atoms.constraints:
         if isinstance(constraint, FixAtoms):
@@ -42,11 +47,15 @@ def frame_from_atoms(atoms, energy: float, forces, sid: int = 0, fid: int = 0, w
     }, where=where or f"atoms sid={sid} fid={fid}")
 
 
-class ReadOnlySQLite3Database(SQLite3Database):
+def _read_only_sqlite(filename: str):
     """ase's SQLite backend on a read-only connection: any attempted write fails instead of happening."""
+    from ase.db.sqlite import SQLite3Database
 
-    def _connect(self):
-        return sqlite3.connect(f"file:{quote(str(self.filename))}?mode=ro", uri=True, timeout=20)
+    class ReadOnlySQLite3Database(SQLite3Database):
+        def _connect(self):
+            return sqlite3.connect(f"file:{quote(str(self.filename))}?mode=ro", uri=True, timeout=20)
+
+    return ReadOnlySQLite3Database(filename, create_indices=False, use_lock_file=False)
 
 
 def _open_database(path: Path):
@@ -56,8 +65,10 @@ def _open_database(path: Path):
         if head != SQLITE_MAGIC:
             raise DataError(f"{path}: not an SQLite file ({path.stat().st_size} bytes, no SQLite header); "
                             "an ASE .db database is an SQLite file written by ase.db")
-        return ReadOnlySQLite3Database(str(path.resolve()), create_indices=False, use_lock_file=False)
+        return _read_only_sqlite(str(path.resolve()))
     if path.suffix == ".json":
+        from ase.db.jsondb import JSONDatabase
+
         return JSONDatabase(str(path.resolve()), use_lock_file=False)
     raise DataError(f"{path}: unknown ASE database type '{path.suffix}' (read here: .db, .json; "
                     "fairchem's .aselmdb via open_dataset / AseLmdbDataset)")
@@ -78,7 +89,7 @@ class AseDbDataset(Dataset):
         self.db = _open_database(self.path)
         try:
             self.ids = [row.id for row in (self.db.select(select) if select else self.db.select())]
-        except _DB_ERRORS as exc:
+        except _db_errors() as exc:
             if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
                 exc = "an SQLite file without ASE's tables"
             raise DataError(f"{self.path}: not a readable ASE database ({exc}); write it with ase.db.connect "
@@ -93,7 +104,7 @@ class AseDbDataset(Dataset):
         try:
             row = self.db.get(id=row_id)
             atoms = row.toatoms()
-        except _DB_ERRORS as exc:
+        except _db_errors() as exc:
             raise DataError(f"{where}: damaged row ({type(exc).__name__}: {exc})") from exc
         if row.get("energy") is None or row.get("forces") is None:
             raise DataError(f"{where}: row has no energy/forces (a single-point calculation is needed)")

@@ -3,13 +3,15 @@ from dataclasses import replace
 
 from torch import nn
 
-from .common import count_parameters, predict
+from .common import count_parameters, he_orthogonal_, model_graph, predict
 from .dimenet_pp import PRESETS as DIMENETPP_PRESETS, DimeNetPP, DimeNetPPConfig
-from .gemnet import PRESETS as GEMNET_PRESETS, GemNetConfig, GemNetT, fit_scale_factors
+from .gemnet import (PRESETS as GEMNET_PRESETS, GemNetConfig, GemNetT, fit_scale_factors, load_scale_file,
+                     save_scale_file, scale_factors_by_name)
 
 GEMNET_DT_PRESETS = {k: replace(v, direct_forces=True) for k, v in GEMNET_PRESETS.items()}
 MODELS = {"dimenetpp": (DimeNetPP, DIMENETPP_PRESETS), "gemnet_t": (GemNetT, GEMNET_PRESETS),
           "gemnet_dt": (GemNetT, GEMNET_DT_PRESETS)}
+CONFIGS = {"dimenetpp": DimeNetPPConfig, "gemnet_t": GemNetConfig, "gemnet_dt": GemNetConfig}
 
 
 def build_model(name: str, preset: str = "base", **overrides) -> nn.Module:
@@ -26,5 +28,17 @@ def build_model(name: str, preset: str = "base", **overrides) -> nn.Module:
     return cls(replace(cfg, **overrides))
 
 
-__all__ = ["build_model", "count_parameters", "predict", "MODELS", "DimeNetPP", "DimeNetPPConfig", "GemNetT",
-           "GemNetConfig", "fit_scale_factors"]
+def model_from_config(name: str, config: dict) -> nn.Module:
+    """A model by name from a full config dict (``model.config_dict()``, as checkpoints store it)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    cfg_cls = CONFIGS[name]
+    unknown = set(config) - set(cfg_cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {name} config field(s) {sorted(unknown)}")
+    return MODELS[name][0](cfg_cls(**config))
+
+
+__all__ = ["build_model", "model_from_config", "count_parameters", "predict", "model_graph", "he_orthogonal_",
+           "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig", "fit_scale_factors",
+           "load_scale_file", "save_scale_file", "scale_factors_by_name"]

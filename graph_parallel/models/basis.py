@@ -129,7 +129,8 @@ class GaussianBasis(nn.Module):
         self.cutoff = cutoff
         self.envelope = PolynomialEnvelope(envelope_exponent)
         self.register_buffer("centers", torch.linspace(0, 1, num_radial), persistent=False)
-        self.coeff = -0.5 / (1.0 / max(num_radial - 1, 1)) ** 2
+        # from the stored (default-dtype) centres, as PyG's GaussianSmearing that fairchem uses
+        self.coeff = -0.5 / float(self.centers[1] - self.centers[0]) ** 2 if num_radial > 1 else -0.5
 
     def forward(self, dist: Tensor) -> Tensor:
         x = (dist / self.cutoff).unsqueeze(-1)

@@ -5,6 +5,11 @@ triplets k->j->i of those edges. Per interaction block the only communication is
 the down-projected edge messages (``int_emb_size`` wide, the narrowest tensor of the block), which
 each triplet reads at its incoming edge k->j; the reduce-scatter in its backward pass brings the
 other ranks' gradient contributions home. Output blocks sum edges into their (local) target atoms.
+
+Angles are interior angles at j between j->i and j->k (PyG and fairchem use the supplementary
+angle, so their spherical basis differs by (-1)^l; see graph_parallel.convert). Two options
+reproduce fairchem's OC20 DimeNet++: ``output_up_bias`` (its output up-projection has a bias)
+and ``detach_angles`` (it detaches positions in the angle, so its forces lack the angular term).
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ class DimeNetPPConfig:
     num_after_skip: int = 2
     num_output_layers: int = 3
     num_elements: int = 100
+    output_up_bias: bool = False        # fairchem's OutputPPBlock.lin_up has a bias; PyG's has none
+    detach_angles: bool = False         # fairchem: angles do not enter -dE/dpos (its forces miss that term)
 
 
 PRESETS = {
@@ -97,7 +104,7 @@ class OutputPPBlock(nn.Module):
     def __init__(self, cfg: DimeNetPPConfig, act: nn.Module):
         super().__init__()
         self.lin_rbf = nn.Linear(cfg.num_radial, cfg.hidden_channels, bias=False)
-        self.lin_up = nn.Linear(cfg.hidden_channels, cfg.out_emb_channels, bias=False)
+        self.lin_up = nn.Linear(cfg.hidden_channels, cfg.out_emb_channels, bias=cfg.output_up_bias)
         self.lins = nn.ModuleList(nn.Linear(cfg.out_emb_channels, cfg.out_emb_channels)
                                   for _ in range(cfg.num_output_layers))
         self.lin = nn.Linear(cfg.out_emb_channels, 1, bias=False)
@@ -139,7 +146,9 @@ class DimeNetPP(nn.Module):
         src, tgt = batch.edge_index[:, local]
         rbf = self.rbf(dist[local])                                           # [E_local, R]
         # radial part per edge (all edges: far fewer than triplets), then read at each triplet's k->j
-        sbf = self.sbf(self.sbf.radial(dist)[part.id_kj], triplet_cosines(vec, dist, part))
+        cos = triplet_cosines(vec.detach(), dist.detach(), part) if self.cfg.detach_angles else \
+            triplet_cosines(vec, dist, part)
+        sbf = self.sbf(self.sbf.radial(dist)[part.id_kj], cos)
         tgt_local = tgt - part.atom_start
         m = self.embedding(batch.atomic_numbers, rbf, src, tgt)
         atom_energy = self.outputs[0](m, rbf, tgt_local, part.num_local_atoms)

@@ -10,23 +10,39 @@ Efficient bilinear layer: the radial part of the circular basis depends only on 
 c->a, so sum_b Y(angle_cab) x_ba is formed first (a padded [E, S, K] x [E, K, C] batched matmul)
 and projected afterwards, instead of materialising a [triplets, S * R] basis.
 
+Initialisation: He-orthogonal for every dense layer, both [a, b, out] weights and the output heads
+(``weight_init="he_orthogonal"``, as GemNet and fairchem; ScaledSiLU's 1/0.6 assumes that
+variance), atom embeddings uniform in +-sqrt(3). ``weight_init="torch"`` keeps PyTorch's defaults.
+
 Scaling factors: ``ScaleFactor`` buffers (1.0 until fitted) rescale sums so activations keep unit
-variance; :func:`fit_scale_factors` fits them one after another on a few batches, as GemNet does.
+variance; :func:`fit_scale_factors` fits them one after another on a few batches, as GemNet does,
+and :func:`load_scale_file` loads a published fairchem scale file instead. Either way they are
+buffers, so they travel in the state_dict.
+
+fairchem compatibility options (defaults keep this project's behaviour): ``force_mlp_dense``
+(GemNet-dT's force MLP starts with a dense layer before its residual layers, as fairchem's),
+``symmetric_edges="one_sided"`` (fairchem's edge selection; see models.common.model_graph) and
+``num_elements=83`` (fairchem's embedding rows).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError, DataError, MissingFileError
 from runtime.graph import scatter_sum
+from runtime.io import atomic_write
 
 from ..data.batch import S2EFBatch
 from ..parallel import GraphPartition, gather, partition_graph
 from .basis import GaussianBasis, real_sph_harm_m0
+from .common import he_orthogonal_
 
 INV_SQRT2 = 1 / math.sqrt(2.0)
 
@@ -50,6 +66,15 @@ class GemNetConfig:
     envelope_exponent: int = 5
     direct_forces: bool = False
     num_elements: int = 100
+    weight_init: str = "he_orthogonal"     # or "torch": PyTorch's defaults (variance 1/3 of He's)
+    force_mlp_dense: bool = False          # dT force MLP = dense + residual layers (fairchem), not residuals only
+    symmetric_edges: str = "union"         # or "one_sided": fairchem's edge selection (models.common.model_graph)
+
+    def __post_init__(self):
+        choices = {"weight_init": ("he_orthogonal", "torch"), "symmetric_edges": ("union", "one_sided")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"GemNet {name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 PRESETS = {
@@ -144,7 +169,8 @@ class OutputBlock(AtomUpdate):
         self.out_energy = nn.Linear(cfg.emb_size_atom, 1, bias=False)
         self.direct = cfg.direct_forces
         if self.direct:
-            self.seq_forces = nn.Sequential(*(Residual(cfg.emb_size_edge) for _ in range(cfg.num_atom)))
+            first = [Dense(cfg.emb_size_edge, cfg.emb_size_edge)] if cfg.force_mlp_dense else []
+            self.seq_forces = nn.Sequential(*first, *(Residual(cfg.emb_size_edge) for _ in range(cfg.num_atom)))
             self.dense_rbf_f = Dense(cfg.emb_size_rbf, cfg.emb_size_edge, act=False)
             self.scale_rbf_f = ScaleFactor()
             self.out_forces = nn.Linear(cfg.emb_size_edge, 1, bias=False)
@@ -244,6 +270,22 @@ class GemNetT(nn.Module):
         self.edge_emb = EdgeEmbedding(cfg.emb_size_atom, cfg.num_radial, cfg.emb_size_edge)
         self.interactions = nn.ModuleList(InteractionBlock(cfg) for _ in range(cfg.num_blocks))
         self.outputs = nn.ModuleList(OutputBlock(cfg) for _ in range(cfg.num_blocks + 1))
+        if cfg.weight_init == "he_orthogonal":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """He-orthogonal weights for every dense layer, the output heads, the basis down-projection
+        [S, R, cbf] and the bilinear weights; atom embeddings uniform in +-sqrt(3) (as fairchem)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                he_orthogonal_(module.weight)
+            elif isinstance(module, EfficientBilinear):
+                # fairchem's layout [trip, cbf, out] (orthogonal along trip), stored here as [cbf, trip, out]
+                w = module.weight.new_empty(module.weight.shape[1], module.weight.shape[0], module.weight.shape[2])
+                module.weight.copy_(he_orthogonal_(w, (0, 1)).permute(1, 0, 2))
+        he_orthogonal_(self.mlp_cbf3, (0, 1))
+        nn.init.uniform_(self.atom_emb.weight, -math.sqrt(3), math.sqrt(3))
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
@@ -302,3 +344,71 @@ def fit_scale_factors(model: GemNetT, batches: Iterable[S2EFBatch]) -> list:
                 model(b.pos, b, p, None)
             scales.append(factor.finish_fit())
     return scales
+
+
+def scale_factors_by_name(model: GemNetT) -> Dict[str, ScaleFactor]:
+    """fairchem's name of every scaling factor -> its ScaleFactor here, in fairchem's file order.
+
+    TripInteraction_{i}_had_rbf / _sum_cbf and AtomUpdate_{i}_sum for interaction block i = 1..n,
+    then OutBlock_{i}_sum (and OutBlock_{i}_had for direct forces) for output block i = 0..n.
+    """
+    names: Dict[str, ScaleFactor] = {}
+    for i, block in enumerate(model.interactions, start=1):
+        names[f"TripInteraction_{i}_had_rbf"] = block.triplet.scale_rbf
+        names[f"TripInteraction_{i}_sum_cbf"] = block.triplet.scale_cbf_sum
+        names[f"AtomUpdate_{i}_sum"] = block.atom_update.scale_sum
+    for i, out in enumerate(model.outputs):
+        names[f"OutBlock_{i}_sum"] = out.scale_sum
+        if out.direct:
+            names[f"OutBlock_{i}_had"] = out.scale_rbf_f
+    return names
+
+
+def load_scale_file(model: GemNetT, path: Union[str, Path]) -> Dict[str, float]:
+    """Set the scaling factors from a fairchem scale file (JSON: name -> float); returns what was set.
+
+    Format: ``{"comment": "...", "TripInteraction_1_had_rbf": 15.2, ...}`` (the "comment" key,
+    which older files have, is ignored; files that name the atom update ``IntBlock_{i}_sum`` are
+    read as ``AtomUpdate_{i}_sum``). Every factor of the model must be named and every name must
+    be a factor of the model, else :class:`DataError` lists the differences. A value of 0 means
+    "not fitted" to fairchem (no scaling) and is set to 1 here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"scale file not found: {path}")
+    if path.suffix != ".json":
+        raise DataError(f"scale file {path}: only fairchem's JSON scale files are read (name -> float)")
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"scale file {path} is not valid JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise DataError(f"scale file {path} must hold a JSON object of scale-factor names -> numbers")
+    values = {k: v for k, v in values.items() if k != "comment"}
+    for name in [k for k in values if k.startswith("IntBlock_") and k.endswith("_sum")]:
+        alias = "AtomUpdate_" + name[len("IntBlock_"):]
+        if alias not in values:
+            values[alias] = values.pop(name)
+    bad = [k for k, v in values.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0]
+    if bad:
+        raise DataError(f"scale file {path}: values of {bad} are not finite non-negative numbers")
+    factors = scale_factors_by_name(model)
+    unknown, missing = sorted(set(values) - set(factors)), [k for k in factors if k not in values]
+    if unknown or missing:
+        raise DataError(f"scale file {path} does not match this GemNet ({len(model.interactions)} blocks, "
+                        f"direct forces {model.direct_forces}): unknown names {unknown}, missing names {missing}")
+    applied = {}
+    for name, factor in factors.items():
+        value = float(values[name]) or 1.0
+        factor.scale.fill_(value)
+        applied[name] = value
+    return applied
+
+
+def save_scale_file(model: GemNetT, path: Union[str, Path], comment: str = "") -> None:
+    """Write the model's scaling factors as a fairchem scale file (atomically)."""
+    data = {"comment": comment, **{k: float(f.scale) for k, f in scale_factors_by_name(model).items()}}
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=4)
+        f.write("\n")

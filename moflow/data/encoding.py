@@ -41,6 +41,8 @@ def encode_smiles(smiles: str, spec: DatasetSpec) -> Tuple[str, np.ndarray, np.n
     mol = Chem.MolFromSmiles(smiles.strip())
     if mol is None:
         raise SkipMolecule("unparseable", smiles)
+    if mol.GetNumAtoms() == 0:
+        raise SkipMolecule("empty", repr(smiles))
     canonical = Chem.MolToSmiles(mol)
     mol = Chem.MolFromSmiles(canonical)  # atom order of the canonical SMILES
     Chem.Kekulize(mol, clearAromaticFlags=True)

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from runtime.errors import DataError, MissingFileError
 from runtime.io import atomic_write, download
 
 DGL_QM9_URL = "https://data.dgl.ai/dataset/qm9_edge.npz"
@@ -57,10 +58,32 @@ class QM9Arrays:
                   (self.targets.shape == (m, len(QM9_TARGETS)), f"targets must be [M, {len(QM9_TARGETS)}]")]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"malformed QM9 arrays: {message}")
+                raise DataError(f"malformed QM9 arrays: {message}")
         if len(self.src) and (np.any(self.src >= np.repeat(self.n_node, self.n_edge))
                               or np.any(self.dst >= np.repeat(self.n_node, self.n_edge))):
-            raise ValueError("malformed QM9 arrays: an edge points past its molecule's atoms")
+            raise DataError("malformed QM9 arrays: an edge points past its molecule's atoms")
+
+    def _describe(self, molecule: int) -> str:
+        qm9_id = f" (QM9 id {int(self.qm9_index[molecule])})" if self.qm9_index is not None else ""
+        return f"molecule {molecule}{qm9_id}"
+
+    def check_values(self) -> None:
+        """Refuse non-finite coordinates and edges of zero length, naming the first bad molecule.
+
+        Run once when a file is read, so the model never has to check its inputs on the device.
+        """
+        bad_atoms = np.flatnonzero(~np.isfinite(self.node_pos).all(axis=1))
+        if len(bad_atoms):
+            molecule = int(np.searchsorted(self.atom_ptr, bad_atoms[0], side="right") - 1)
+            raise DataError(f"{self._describe(molecule)} has non-finite (NaN or infinite) atom coordinates "
+                            f"({len(bad_atoms)} atom(s) in all)")
+        offsets = np.repeat(self.atom_ptr[:-1], self.n_edge)
+        length = np.linalg.norm(self.node_pos[self.dst + offsets] - self.node_pos[self.src + offsets], axis=1)
+        bad_edges = np.flatnonzero(~(length > 0))
+        if len(bad_edges):
+            molecule = int(np.searchsorted(self.edge_ptr, bad_edges[0], side="right") - 1)
+            raise DataError(f"{self._describe(molecule)}: an edge joins two atoms at the same position "
+                            f"(atoms {int(self.src[bad_edges[0]])} and {int(self.dst[bad_edges[0]])})")
 
     def __len__(self) -> int:
         return len(self.n_node)
@@ -77,27 +100,43 @@ class QM9Arrays:
                          None if self.qm9_index is None else self.qm9_index[ids])
 
 
-def read_qm9_edge(path: str | os.PathLike) -> QM9Arrays:
-    """Read a ``qm9_edge.npz`` file (DGL's, or one written by ``write_qm9_edge``)."""
+def read_qm9_edge(path: str | os.PathLike, rebuild: str = "") -> QM9Arrays:
+    """Read and check a ``qm9_edge.npz`` file (DGL's, or one written by ``write_qm9_edge``).
+
+    Every problem is a :class:`~runtime.errors.DataError` naming the file; ``rebuild`` tells the
+    user how to get a good copy (appended to the message).
+    """
     path = Path(path)
+    hint = f"; {rebuild}" if rebuild else ""
+    if not path.exists():
+        raise MissingFileError(f"QM9 file not found: {path}{hint}")
     if not path.is_file():
-        raise FileNotFoundError(f"QM9 file not found: {path}")
+        raise DataError(f"{path} is not a regular file{hint}")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in REQUIRED_KEYS if k not in data.files]
             if missing:
-                raise ValueError(f"{path} is not a qm9_edge.npz file: missing arrays {missing}")
+                raise DataError(f"{path} is not a qm9_edge.npz file: missing arrays {missing}{hint}")
             arrays = {k: data[k] for k in REQUIRED_KEYS}
             qm9_index = data["qm9_index"] if "qm9_index" in data.files else None
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        if "missing arrays" in str(err):
+    except PermissionError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err} (check its permissions)") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as err:
+        if isinstance(err, DataError):
             raise
-        raise ValueError(f"cannot read {path} as npz (corrupt or truncated?): {err}") from err
-    return QM9Arrays(n_node=arrays["n_node"].astype(np.int64), n_edge=arrays["n_edge"].astype(np.int64),
-                     node_attr=arrays["node_attr"].astype(np.float32), node_pos=arrays["node_pos"].astype(np.float32),
-                     edge_attr=arrays["edge_attr"].astype(np.float32), src=arrays["src"].astype(np.int64),
-                     dst=arrays["dst"].astype(np.int64), targets=arrays["targets"].astype(np.float32),
-                     qm9_index=qm9_index)
+        raise DataError(f"cannot read {path} as npz (corrupt or truncated?): "
+                        f"{' '.join(str(err).split())[:200]}{hint}") from None
+    try:
+        result = QM9Arrays(n_node=arrays["n_node"].astype(np.int64), n_edge=arrays["n_edge"].astype(np.int64),
+                           node_attr=arrays["node_attr"].astype(np.float32),
+                           node_pos=arrays["node_pos"].astype(np.float32),
+                           edge_attr=arrays["edge_attr"].astype(np.float32), src=arrays["src"].astype(np.int64),
+                           dst=arrays["dst"].astype(np.int64), targets=arrays["targets"].astype(np.float32),
+                           qm9_index=qm9_index)
+        result.check_values()
+    except DataError as err:
+        raise DataError(f"{path}: {err}{hint}") from None
+    return result
 
 
 def write_qm9_edge(path: str | os.PathLike, arrays: QM9Arrays) -> None:
@@ -119,10 +158,14 @@ def download_qm9_edge(data_dir: str | os.PathLike, url: str = DGL_QM9_URL, sha25
     """Download ``qm9_edge.npz`` into ``data_dir`` (skipped if already there) and validate it.
 
     The download (resumable) is checked (SHA-256 when ``sha256`` is given, and always that it parses
-    as a qm9_edge.npz) before it is renamed into place, so a failed download leaves nothing.
-    DGL publishes no checksum for this file; pass ``sha256`` to pin a known copy.
+    as a qm9_edge.npz) before it is renamed into place, so a failed download leaves no
+    ``qm9_edge.npz``. DGL publishes no checksum for this file; pass ``sha256`` to pin a known copy.
+    Any failure is one :class:`~runtime.errors.DataError` saying how to get the file another way.
     """
     dest = Path(data_dir) / "qm9_edge.npz"
-    # read_qm9_edge raises ValueError naming the problem if the payload is not a QM9 file
-    download(url, dest, sha256=sha256, validate=lambda part: read_qm9_edge(Path(part)), timeout=timeout)
+    try:
+        download(url, dest, sha256=sha256, validate=lambda part: read_qm9_edge(Path(part)), timeout=timeout)
+    except (RuntimeError, ValueError) as err:
+        raise DataError(f"{' '.join(str(err).split())}. Without internet access, copy DGL's qm9_edge.npz to {dest} "
+                        "yourself, or use --dataset qm9pack (offline, from the qm9pack wheel)") from None
     return dest

@@ -1,28 +1,45 @@
-"""QM9 for the SE(3)-Transformer: sources, the reference split, and batches of molecular graphs.
+"""QM9 for the SE(3)-Transformer: datasets, the reference split, and batches of molecular graphs.
 
-Sources (all end up as ``QM9Arrays`` in DGL's qm9_edge layout):
-- ``sample``: 2,000 molecules embedded in this package (``qm9_sample.npz``), the offline default;
-- ``qm9pack``: the full 130,831 molecules parsed from the qm9pack wheel (cached as npz in data_dir);
-- ``dgl``: DGL's ``qm9_edge.npz`` in data_dir, downloaded from data.dgl.ai if absent.
+Datasets (``--dataset``; all end up as ``QM9Arrays`` in DGL's qm9_edge layout):
+
+===========  ==========================================================================================
+``sample``   1,000 molecules embedded in this package (``qm9_sample.npz``), the offline default;
+             ``--data_dir`` is not used
+``qm9pack``  the 130,831 molecules of the qm9pack wheel, parsed once and cached as
+             ``DATA_DIR/qm9pack_{all|N}.npz``
+``dgl``      DGL's ``DATA_DIR/qm9_edge.npz``, downloaded from data.dgl.ai when absent
+===========  ==========================================================================================
+
+``--data_dir`` is only written to when a cache or a download is needed. A missing directory is then
+created only when its parent exists, or when it is the recipe's default location (so a mistyped
+path fails with one message and nothing is created). Every file read is checked: damaged files,
+non-finite coordinates and zero-length edges are :class:`~runtime.errors.DataError` naming the
+file, the molecule and how to get a good copy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
+from runtime.errors import ConfigError, DataError, MissingFileError
 from runtime.graph import GraphBatch
+from runtime.io import ensure_writable_dir
 from se3_transformer.data.dgl_format import QM9_TARGETS, QM9Arrays, download_qm9_edge, read_qm9_edge, \
     write_qm9_edge
 from se3_transformer.data.qm9pack_source import NUM_MOLECULES, read_qm9pack
 from se3_transformer.model.basis import compute_basis
 
 SAMPLE_PATH = Path(__file__).with_name("qm9_sample.npz")
-SOURCES = ("sample", "qm9pack", "dgl")
+DATASETS = ("sample", "qm9pack", "dgl")
+DEFAULT_DATA_DIR = "data/se3_transformer"
 SPLIT = (100_000, 17_748, 13_083)  # train / val / test on the full 130,831 molecules
+SPLITS = ("train", "val", "test")
 NODE_FEATURE_DIM, EDGE_FEATURE_DIM = 6, 4  # one-hot H C N O F + protons; single double triple aromatic
 
 
@@ -31,28 +48,53 @@ def subset_ids(total: int, num_molecules: Optional[int], seed: int = 0) -> np.nd
     if num_molecules is None or num_molecules >= total:
         return np.arange(total)
     if num_molecules < 10:
-        raise ValueError(f"num_molecules must be >= 10, got {num_molecules}")
+        raise ConfigError(f"--num_molecules must be >= 10, got {num_molecules}")
     return np.sort(np.random.default_rng(seed).permutation(total)[:num_molecules])
 
 
-def load_qm9(source: str = "sample", data_dir: str | Path = "data_cache/se3_transformer",
-             num_molecules: Optional[int] = None, progress=None) -> QM9Arrays:
-    """Load QM9 from ``source`` (see module doc), optionally a seeded subset of ``num_molecules``."""
-    if source == "sample":
-        arrays = read_qm9_edge(SAMPLE_PATH)
+def prepare_data_dir(data_dir: str | Path, purpose: str, create_parents: bool = False) -> Path:
+    """Make ``data_dir`` ready to be written to for ``purpose``; see the module doc for when it is created."""
+    path = Path(data_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--data_dir {path} exists but is not a directory")
+    if not path.exists():
+        parent = path.absolute().parent
+        if not create_parents and not parent.is_dir():
+            raise MissingFileError(f"--data_dir {path} does not exist and neither does its parent {parent}, so "
+                                   f"nothing was created; {purpose}. Create it first (mkdir -p {path}) or fix "
+                                   "the path")
+    ensure_writable_dir(path, "--data_dir")
+    return path
+
+
+def load_qm9(dataset: str = "sample", data_dir: str | Path = DEFAULT_DATA_DIR,
+             num_molecules: Optional[int] = None, progress=None, create_parents: bool = False) -> QM9Arrays:
+    """Load QM9 from ``dataset`` (see the module doc), optionally a seeded subset of ``num_molecules``.
+
+    ``create_parents``: ``data_dir`` may be created with missing parents (the default location).
+    """
+    if dataset == "sample":
+        arrays = read_qm9_edge(SAMPLE_PATH, rebuild="the embedded sample is damaged: reinstall molrecipes or "
+                                                    "regenerate it with `python -m se3_transformer.data.make_sample`")
         return arrays if num_molecules is None else arrays.subset(np.arange(min(num_molecules, len(arrays))))
-    if source == "dgl":
-        arrays = read_qm9_edge(download_qm9_edge(data_dir))
+    if dataset == "dgl":
+        path = Path(data_dir) / "qm9_edge.npz"
+        if not path.exists():
+            prepare_data_dir(data_dir, "--dataset dgl would download qm9_edge.npz into it", create_parents)
+            download_qm9_edge(data_dir)
+        arrays = read_qm9_edge(path, rebuild="delete it and run again to download it again, or copy DGL's "
+                                             "qm9_edge.npz there")
         return arrays.subset(subset_ids(len(arrays), num_molecules))
-    if source == "qm9pack":
+    if dataset == "qm9pack":
         tag = "all" if num_molecules is None or num_molecules >= NUM_MOLECULES else str(num_molecules)
         cache = Path(data_dir) / f"qm9pack_{tag}.npz"
-        if cache.is_file():
-            return read_qm9_edge(cache)
-        arrays = read_qm9pack(subset_ids(NUM_MOLECULES, num_molecules), progress=progress)
-        write_qm9_edge(cache, arrays)
-        return read_qm9_edge(cache)  # same dtypes whether cached or fresh
-    raise ValueError(f"unknown QM9 source {source!r}; choose from {SOURCES}")
+        rebuild = "it is a cache: delete it and run again to rebuild it from the qm9pack wheel"
+        if not cache.exists():
+            prepare_data_dir(data_dir, "--dataset qm9pack would cache the parsed molecules in it", create_parents)
+            arrays = read_qm9pack(subset_ids(NUM_MOLECULES, num_molecules), progress=progress)
+            write_qm9_edge(cache, arrays)
+        return read_qm9_edge(cache, rebuild=rebuild)  # same dtypes whether cached or fresh
+    raise ConfigError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
 
 
 def split_indices(num: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,7 +107,7 @@ def split_indices(num: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.n
 
 def task_column(task: str) -> int:
     if task not in QM9_TARGETS:
-        raise ValueError(f"unknown task {task!r}; choose from {QM9_TARGETS}")
+        raise ConfigError(f"unknown task {task!r}; choose from {QM9_TARGETS}")
     return QM9_TARGETS.index(task)
 
 
@@ -83,6 +125,34 @@ def precompute_bases(arrays: QM9Arrays, max_degree: int, chunk: int = 65536) -> 
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
+@dataclass
+class MoleculeBatch:
+    """A collated batch: one disjoint graph and, with ``--precompute_bases``, its edges' bases.
+
+    ``pin_memory`` lets the DataLoader pin it (CUDA), so ``to(device, non_blocking=True)`` overlaps
+    the copy with compute.
+    """
+
+    graph: GraphBatch
+    basis: Optional[Dict[str, Tensor]] = None
+
+    @property
+    def num_graphs(self) -> int:
+        return self.graph.num_graphs
+
+    def _map(self, fn) -> "MoleculeBatch":
+        graph = replace(self.graph, **{f.name: fn(getattr(self.graph, f.name)) for f in fields(self.graph)
+                                       if isinstance(getattr(self.graph, f.name), Tensor)})
+        basis = None if self.basis is None else {k: fn(v) for k, v in self.basis.items()}
+        return MoleculeBatch(graph, basis)
+
+    def pin_memory(self) -> "MoleculeBatch":
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device, non_blocking: bool = False) -> "MoleculeBatch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
 class QM9GraphDataset(Dataset):
     """Molecules ``ids`` of ``arrays`` for one target. Items are molecule positions; ``collate`` builds batches.
 
@@ -90,13 +160,21 @@ class QM9GraphDataset(Dataset):
     being recomputed in every forward pass.
     """
 
-    def __init__(self, arrays: QM9Arrays, ids: np.ndarray, task: str = "homo", bases: Optional[Dict] = None):
+    def __init__(self, arrays: QM9Arrays, ids: np.ndarray, task: str = "homo", bases: Optional[Dict] = None,
+                 split: str = "this split"):
         self.arrays, self.ids, self.task, self.bases = arrays, np.asarray(ids, np.int64), task, bases
         self.targets = arrays.targets[:, task_column(task)]
         if len(self.ids) == 0:
-            raise ValueError("QM9GraphDataset got no molecules (is the dataset too small for the split?)")
+            raise ConfigError(f"the {split} split has no molecules: {len(arrays)} molecules are too few "
+                              "(raise --num_molecules)")
         if np.isnan(self.targets[self.ids]).any():
-            raise ValueError(f"target {task!r} is missing (NaN) for some molecules of this source")
+            raise DataError(f"target {task!r} is missing (NaN) for some molecules of this dataset "
+                            "(qm9pack has no *_atom targets: use --dataset dgl for them)")
+
+    @property
+    def split_targets(self) -> np.ndarray:
+        """Targets of this dataset's molecules, in order."""
+        return self.targets[self.ids]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -110,7 +188,7 @@ class QM9GraphDataset(Dataset):
         edges = np.concatenate([np.arange(a.edge_ptr[m], a.edge_ptr[m + 1]) for m in mols])
         return atoms, edges
 
-    def collate(self, mols) -> Tuple[GraphBatch, Optional[Dict]]:
+    def collate(self, mols) -> MoleculeBatch:
         """One disjoint graph for molecules ``mols`` (+ their precomputed bases, if any)."""
         a = self.arrays
         mols = np.asarray(mols, np.int64)
@@ -119,7 +197,7 @@ class QM9GraphDataset(Dataset):
         ptr = np.concatenate([[0], np.cumsum(n_node)])
         shift = np.repeat(ptr[:-1], n_edge)
         edge_index = np.stack([a.src[edges] + shift, a.dst[edges] + shift])
-        batch = GraphBatch(pos=torch.from_numpy(a.node_pos[atoms]), edge_index=torch.from_numpy(edge_index),
+        graph = GraphBatch(pos=torch.from_numpy(a.node_pos[atoms]), edge_index=torch.from_numpy(edge_index),
                            batch=torch.from_numpy(np.repeat(np.arange(len(mols)), n_node)),
                            ptr=torch.from_numpy(ptr),
                            node_feats=torch.from_numpy(a.node_attr[atoms, :NODE_FEATURE_DIM]),
@@ -129,4 +207,4 @@ class QM9GraphDataset(Dataset):
         if self.bases is not None:
             idx = torch.from_numpy(edges)
             basis = {k: v.index_select(0, idx) for k, v in self.bases.items()}
-        return batch, basis
+        return MoleculeBatch(graph, basis)

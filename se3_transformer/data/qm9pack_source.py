@@ -22,6 +22,7 @@ import numpy as np
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdDetermineBonds
 
+from runtime.errors import DataError, MissingFileError
 from se3_transformer.data.dgl_format import QM9_TARGETS, QM9Arrays
 
 HARTREE_TO_EV = 27.2113825435  # the constant DGL uses
@@ -43,11 +44,12 @@ def qm9pack_data_dir() -> Path:
     """The ``qm9pack/data`` directory of the installed wheel (without importing the package)."""
     spec = importlib.util.find_spec("qm9pack")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("qm9pack is not installed: run `pip install --no-deps qm9pack`")
+        raise MissingFileError("qm9pack is not installed: run `pip install --no-deps qm9pack`")
     data_dir = Path(list(spec.submodule_search_locations)[0]) / "data"
     missing = [f for f in CSV_FILES if not (data_dir / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"qm9pack data files missing from {data_dir}: {missing}")
+        raise MissingFileError(f"qm9pack data files missing from {data_dir}: {missing}; reinstall it with "
+                               "`pip install --force-reinstall --no-deps qm9pack`")
     return data_dir
 
 
@@ -104,7 +106,7 @@ def molecule_graph(elements: Sequence[str], pos: np.ndarray, smiles: str):
     and the name of the bond-perception method that succeeded (see ``BOND_METHODS``)."""
     unknown = sorted(set(elements) - set(ATOM_TYPES))
     if unknown:
-        raise ValueError(f"unknown atom type(s) {unknown} (QM9 has H C N O F)")
+        raise DataError(f"unknown atom type(s) {unknown} (QM9 has H C N O F)")
     try:
         mol, method = _bonds_from_geometry(elements, pos), "geometry"
     except Exception:  # RDKit raises several exception types for unusual geometries
@@ -118,7 +120,7 @@ def molecule_graph(elements: Sequence[str], pos: np.ndarray, smiles: str):
         i, j = b.GetBeginAtomIdx(), b.GetEndAtomIdx()
         kind = BOND_TYPES.get(b.GetBondType())
         if kind is None:
-            raise ValueError(f"unsupported bond type {b.GetBondType()} in {smiles}")
+            raise DataError(f"unsupported bond type {b.GetBondType()} in {smiles}")
         src += [i, j]
         dst += [j, i]
         bond += [kind, kind]
@@ -163,7 +165,7 @@ def read_qm9pack(molecule_ids: Optional[Iterable[int]] = None, data_dir: Optiona
         elements = _literal(row["Elements"])
         pos = np.asarray(_literal(row["XYZ_Ang"]), dtype=np.float64)
         if pos.shape != (len(elements), 3):
-            raise ValueError(f"molecule {row['Index']}: {len(elements)} elements but positions {pos.shape}")
+            raise DataError(f"qm9pack molecule {row['Index']}: {len(elements)} elements but positions {pos.shape}")
         node_attr, src, dst, edge_attr, method = molecule_graph(elements, pos, row["SMILES"])
         methods[method] += 1
         targets = np.full(len(QM9_TARGETS), np.nan, np.float32)
@@ -175,7 +177,7 @@ def read_qm9pack(molecule_ids: Optional[Iterable[int]] = None, data_dir: Optiona
     order = list(wanted) if wanted is not None else sorted(parsed)
     missing = [i for i in order if i not in parsed]
     if missing:
-        raise ValueError(f"molecule positions out of range (QM9 has {NUM_MOLECULES}): {missing[:5]}")
+        raise DataError(f"molecule positions out of range (QM9 has {NUM_MOLECULES}): {missing[:5]}")
     if methods["smiles"] or methods["connectivity"]:
         warnings.warn(f"QM9 bond perception: {methods} molecules per method (geometry is the primary one)")
     mols = [parsed[i] for i in order]

@@ -39,8 +39,15 @@ def spherical_harmonics(relative_pos: Tensor, max_J: int) -> List[Tensor]:
     """Real spherical harmonics ``Y_J`` of the edge directions for ``J = 0 .. max_J``: ``[E, 2J+1]`` each."""
     if relative_pos.dim() != 2 or relative_pos.shape[1] != 3:
         raise ValueError(f"relative positions must have shape [E, 3], got {tuple(relative_pos.shape)}")
-    if relative_pos.numel() and not torch.all(relative_pos.norm(dim=-1) > 0):
-        raise ValueError("an edge joins two atoms at the same position (zero-length relative position)")
+    if relative_pos.numel() and relative_pos.device.type == "cpu":
+        # Checked on CPU only, where it costs no device sync; the data pipeline checks every
+        # molecule once when its file is read (QM9Arrays.check_values), so CUDA steps skip it.
+        length = relative_pos.norm(dim=-1)
+        if not torch.all(length > 0):
+            if not torch.isfinite(relative_pos).all():
+                raise ValueError("non-finite (NaN or infinite) atom coordinates: an edge has a non-finite "
+                                 "relative position")
+            raise ValueError("an edge joins two atoms at the same position (zero-length relative position)")
     degrees = list(range(max_J + 1))
     sh = o3.spherical_harmonics(degrees, relative_pos, normalize=True, normalization="component")
     return list(torch.split(sh, [degree_to_dim(J) for J in degrees], dim=1))

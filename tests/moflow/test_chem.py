@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from moflow.chem import (canonical, construct_mol, correct_mol, decode_graphs, generation_metrics,
-                         graphs_to_smiles, valid_smiles)
+                         graphs_to_smiles, model_form, valid_smiles)
 from moflow.config import DATASETS
-from moflow.data.encoding import canonical_smiles, encode_smiles, one_hot_atoms, one_hot_bonds
+from moflow.data.encoding import canonical_smiles, encode_many, encode_smiles, one_hot_atoms, one_hot_bonds
+from moflow.data.sources import SAMPLE_PATH, read_smiles_csv
 
 ZINC = DATASETS["zinc250k"]
 
@@ -97,3 +98,41 @@ def test_model_output_decoding_uses_argmax():
     atoms, bonds = decode_graphs(adj, x)
     assert atoms.tolist() == [[0, 1]] and bonds.tolist() == [[[3, 0], [0, 3]]]
     assert graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False) == ["CN"]
+
+
+# stereocentre, double-bond stereo, zwitterion: their graphs decode without stereo and charges
+STEREO_AND_CHARGED = ["C[C@@H](N)C(=O)O", "C/C=C/C(=O)O", "[NH3+]CC(=O)[O-]"]
+
+
+def test_regenerated_training_molecules_are_not_novel():
+    """A model that regenerates its training graphs exactly has novelty 0 %, not 100 %."""
+    _, atoms, bonds, skipped, _ = encode_many(STEREO_AND_CHARGED, ZINC)
+    assert not skipped
+    raw = graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False)
+    corrected = graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=True)
+    assert corrected == ["CC(N)C(=O)O", "CC=CC(=O)O", "NCC(=O)O"] == raw
+    # comparing with the source SMILES (the former method) finds none of them: 100 % "novel"
+    assert not set(corrected) & {canonical(s) for s in STEREO_AND_CHARGED}
+    m = generation_metrics(raw, corrected, STEREO_AND_CHARGED)
+    assert m["novelty"] == 0.0 and m["nuv"] == 0.0 and m["uniqueness"] == 100.0
+    # already-decoded training SMILES are taken as they are
+    assert generation_metrics(raw, corrected, corrected, train_decoded=True)["novelty"] == 0.0
+    m = generation_metrics(raw + ["CCO"], corrected + ["CCO"], STEREO_AND_CHARGED)
+    assert m["novelty"] == pytest.approx(25.0) and m["nuv"] == pytest.approx(25.0)
+
+
+def test_model_form_is_encode_then_decode():
+    assert [model_form(s) for s in STEREO_AND_CHARGED] == ["CC(N)C(=O)O", "CC=CC(=O)O", "NCC(=O)O"]
+    assert model_form("C[N+](C)(C)C") == "C[N+](C)(C)C"  # the cation the decoder derives survives
+    assert model_form("CCN.Cl") is None and model_form("nonsense") is None and model_form("") is None
+    # the shortcut for SMILES without brackets or bond marks equals the full path
+    smiles = read_smiles_csv(SAMPLE_PATH)[:400] + ["[13CH3]C[C@H](O)Cl", "O=[N+]([O-])c1ccccc1"]
+    kept, atoms, bonds, _, _ = encode_many(smiles, ZINC)
+    full = graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False)
+    assert [model_form(s) for s in kept] == full
+
+
+def test_parallel_decoding_equals_serial():
+    kept, atoms, bonds, _, _ = encode_many(read_smiles_csv(SAMPLE_PATH)[:120], ZINC)
+    serial = graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False)
+    assert graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False, workers=2, chunk=50) == serial == kept

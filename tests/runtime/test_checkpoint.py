@@ -40,7 +40,8 @@ def test_resume_gives_same_next_losses_as_uninterrupted(tmp_path):
     model2, opt2, sched2, prec2 = _setup()
     torch.manual_seed(1234)  # a different RNG stream that the checkpoint must override
     meta = load_checkpoint(path, model2, opt2, sched2, prec2, restore_rng=True)
-    assert meta == {"epoch": 1, "batch": 0, "step": 3, "meta": {}, "extra": {"best": 0.5}}
+    assert meta == {"epoch": 1, "batch": 0, "step": 3, "meta": {}, "extra": {"best": 0.5},
+                    "position": {"epoch": 1, "batch": 0, "step": 3}}
     resumed = [_step(model2, opt2, sched2, prec2) for _ in range(3)]
     assert resumed == expected
     assert sched2.get_last_lr() == sched.get_last_lr()

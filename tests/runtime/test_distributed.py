@@ -70,25 +70,13 @@ def test_process_grid_groups_consecutive_ranks():
     assert all(o["mean"] == 1.5 for o in out)
 
 
-def _sampler_worker(rank, world_size):
-    sampler = rd.make_sampler(list(range(10)), shuffle=True, seed=3)
-    sampler.set_epoch(1)
-    return list(sampler)
-
-
-def test_sampler_partitions_dataset_across_ranks():
-    a, b = run_distributed(_sampler_worker, 2)
-    assert len(a) == len(b) == 5
-    assert sorted(a + b) == list(range(10))
-
-
 def test_single_process_helpers_are_noops(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     rd._ENV = None
     env = rd.init_distributed()
     assert (env.rank, env.world_size) == (0, 1) and rd.is_main_process()
     model = nn.Linear(2, 2)
-    assert rd.wrap_ddp(model) is model and rd.make_sampler([1, 2], shuffle=True, seed=0) is None
+    assert rd.wrap_ddp(model) is model
     t = torch.ones(2)
     assert torch.equal(rd.all_reduce_mean(t), torch.ones(2))
     grid = rd.ProcessGrid(1)

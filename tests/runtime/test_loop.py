@@ -58,8 +58,7 @@ class _Recipe:
         return {"grad_norm": norm}
 
     def save(self, pos):
-        save_checkpoint(self.path, self.model, self.opt, self.sched, epoch=pos.epoch, batch=pos.batch,
-                        step=pos.step)
+        save_checkpoint(self.path, self.model, self.opt, self.sched, position=pos.to_dict())
 
     def loop(self, logger, **config):
         cfg = LoopConfig(**{"epochs": 3, "log_interval": 1, "seed": 1, "progress": False, **config})
@@ -74,12 +73,12 @@ def _train(tmp, resume_from=None, **config):
     pos = Position()
     if resume_from:
         info = load_checkpoint(resume_from, recipe.model, recipe.opt, recipe.sched)
-        pos = Position(info["epoch"], info["batch"], info["step"])
+        pos = Position.from_dict(info["position"])
     logger = setup_logger(tmp, silent=True, stdout=False, append=resume_from is not None)
     result = recipe.loop(logger, **config).run(pos)
     logger.close()
-    losses = [r["data"]["train_loss"] for r in read_dllogger(os.path.join(tmp, "log.json"))
-              if r["type"] == "LOG" and len(r.get("step", [])) == 2]
+    losses = [(r["step"], r["data"]["train_loss"]) for r in read_dllogger(os.path.join(tmp, "log.json"))
+              if r["type"] == "LOG" and len(r.get("step", [])) in (1, 2) and "train_loss" in r["data"]]
     return recipe.model, result, losses
 
 
@@ -91,7 +90,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path, stop):
     resumed, result, losses_b = _train(str(tmp_path / "b"), resume_from=str(tmp_path / "b" / "ckpt.pt"),
                                        accumulate=2)
     assert result["stop_reason"] == "epochs" and result["steps"] == 15  # 3 epochs x ceil(10 batches / 2)
-    assert losses_b == losses_a
+    assert losses_b == losses_a  # every interval and epoch mean, the interrupted epoch's included
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), f"{name} differs after resume"
 
@@ -130,7 +129,9 @@ def test_time_limit_stops_and_saves(tmp_path):
     logger = setup_logger(None, silent=True, stdout=False)
     result = recipe.loop(logger, epochs=100, max_minutes=1e-9).run()
     assert result["stop_reason"] == "max_minutes" and result["steps"] == 1
-    assert torch.load(recipe.path, weights_only=True)["position"] == {"epoch": 0, "batch": 1, "step": 1}
+    position = torch.load(recipe.path, weights_only=True)["position"]
+    assert (position["epoch"], position["batch"], position["step"]) == (0, 1, 1)
+    assert position["sums"]["epoch"]["count"] == 1  # the interrupted epoch's running mean travels along
 
 
 def test_epoch_sampler_matches_distributed_sampler_and_shards_cover_once():
@@ -153,10 +154,17 @@ def _two_rank_loop(rank, world, tmp, stop_at):
     pos = Position()
     if stop_at is None and os.path.exists(recipe.path):
         info = load_checkpoint(recipe.path, recipe.model, recipe.opt, recipe.sched)
-        pos = Position(info["epoch"], info["batch"], info["step"])
+        pos = Position.from_dict(info["position"])
     logger = setup_logger(None, silent=True, stdout=False)
     recipe.loop(logger, epochs=2, max_steps=stop_at, seed_rank=rank, replicas=world).run(pos)
     return {k: v.clone() for k, v in recipe.model.state_dict().items()}
+
+
+def test_resumed_log_means_cover_the_whole_interval_and_epoch(tmp_path):
+    _, _, losses_a = _train(str(tmp_path / "a"), log_interval=3)
+    _train(str(tmp_path / "b"), log_interval=3, max_steps=4)  # stops between two log steps, mid-epoch
+    _, _, losses_b = _train(str(tmp_path / "b"), resume_from=str(tmp_path / "b" / "ckpt.pt"), log_interval=3)
+    assert losses_b == losses_a
 
 
 def _straight_then_stop_and_resume(rank, world, tmp):

@@ -40,3 +40,51 @@ def wigner_d(degree: int, rotation: torch.Tensor) -> torch.Tensor:
     y = o3.spherical_harmonics(degree, x, normalize=True, normalization="component")
     y_rot = o3.spherical_harmonics(degree, x @ rotation.T, normalize=True, normalization="component")
     return torch.linalg.lstsq(y, y_rot).solution.T
+
+
+# ---- end-to-end runs of the entry points ----------------------------------------------------------------
+TINY = ["--num_layers", "1", "--num_degrees", "2", "--num_channels", "8", "--num_heads", "2", "--batch_size", "8",
+        "--num_molecules", "40", "--silent", "--learning_rate", "3e-3", "--weight_decay", "0"]
+
+
+def train_args(out, *extra, ckpt: bool = True):
+    """TINY flags writing the log (and checkpoint) under ``out``."""
+    args = TINY + ["--log_dir", str(out)] + [str(e) for e in extra]
+    if ckpt and "--save_ckpt_path" not in args:
+        args += ["--save_ckpt_path", str(out) + "/model.pt"]
+    return args
+
+
+def log_records(log_dir, name: str = "log.json"):
+    from runtime.logging import read_dllogger
+
+    return [r for r in read_dllogger(f"{log_dir}/{name}") if r["type"] == "LOG" and r["step"] != "PARAMETER"]
+
+
+def step_losses(log_dir):
+    """(epoch, step, train_loss) of every per-step record."""
+    return [(r["step"][0], r["step"][1], r["data"]["train_loss"]) for r in log_records(log_dir)
+            if len(r["step"]) == 2 and "train_loss" in r["data"]]
+
+
+def epoch_records(log_dir):
+    """{epoch: data} of the per-epoch records (train and validation metrics)."""
+    out = {}
+    for r in log_records(log_dir):
+        if len(r["step"]) == 1:
+            out.setdefault(r["step"][0], {}).update(r["data"])
+    return out
+
+
+def summary(log_dir, name: str = "log.json"):
+    data = {}
+    for r in log_records(log_dir, name):
+        if r["step"] == []:
+            data.update(r["data"])
+    return data
+
+
+def weights(path):
+    import torch
+
+    return torch.load(path, weights_only=True)["model"]

@@ -6,6 +6,7 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
+from runtime.errors import ConfigError, DataError, MissingFileError
 from se3_transformer.data import (QM9GraphDataset, download_qm9_edge, load_qm9, precompute_bases, read_qm9_edge,
                                   split_indices, write_qm9_edge)
 from se3_transformer.data.qm9 import SAMPLE_PATH, relative_positions
@@ -54,7 +55,7 @@ def test_zwitterion_smiles_fallback_keeps_hydrogens_explicit():
 
 
 def test_unknown_atom_type_is_rejected():
-    with pytest.raises(ValueError, match="unknown atom type"):
+    with pytest.raises(DataError, match="unknown atom type"):
         molecule_graph(["C", "Cl"], np.array([[0.0, 0, 0], [1.8, 0, 0]]), "CCl")
 
 
@@ -84,12 +85,12 @@ def test_npz_round_trip_and_malformed_files(tmp_path):
     for key in ("n_node", "n_edge", "node_attr", "node_pos", "edge_attr", "src", "dst", "targets"):
         assert np.array_equal(getattr(back, key), getattr(sample, key), equal_nan=key == "targets"), key
     np.savez(tmp_path / "bad.npz", n_node=np.array([1]))
-    with pytest.raises(ValueError, match="missing arrays"):
+    with pytest.raises(DataError, match="bad.npz is not a qm9_edge.npz file: missing arrays"):
         read_qm9_edge(tmp_path / "bad.npz")
     (tmp_path / "trunc.npz").write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        read_qm9_edge(tmp_path / "trunc.npz")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="trunc.npz as npz .corrupt or truncated.*; fetch it again"):
+        read_qm9_edge(tmp_path / "trunc.npz", rebuild="fetch it again")
+    with pytest.raises(MissingFileError):
         read_qm9_edge(tmp_path / "absent.npz")
 
 
@@ -100,12 +101,12 @@ def test_download_from_local_http_server(local_server, tmp_path):
     from runtime.io import sha256_of
     digest = sha256_of(root / "qm9_edge.npz")
 
-    with pytest.raises(ValueError, match="checksum mismatch"):
+    with pytest.raises(DataError, match="checksum mismatch"):
         download_qm9_edge(tmp_path / "a", url=f"{base}/qm9_edge.npz", sha256="0" * 64)
     assert list((tmp_path / "a").iterdir()) == []  # nothing half-written
-    with pytest.raises(ValueError, match="corrupt or truncated"):
+    with pytest.raises(DataError, match="corrupt or truncated"):
         download_qm9_edge(tmp_path / "b", url=f"{base}/junk.npz")
-    with pytest.raises(Exception, match="404"):
+    with pytest.raises(DataError, match="404"):
         download_qm9_edge(tmp_path / "c", url=f"{base}/absent.npz")
 
     path = download_qm9_edge(tmp_path / "d", url=f"{base}/qm9_edge.npz", sha256=digest)
@@ -119,7 +120,11 @@ def test_collate_offsets_targets_and_precomputed_bases():
     bases = precompute_bases(arrays, max_degree=2)
     dataset = QM9GraphDataset(arrays, np.arange(10, 20), task="homo", bases=bases)
     mols = [dataset[i] for i in (0, 3, 7)]
-    batch, basis = dataset.collate(mols)
+    collated = dataset.collate(mols)
+    batch, basis = collated.graph, collated.basis
+    assert collated.num_graphs == 3
+    moved = collated.to("cpu", non_blocking=True)
+    assert torch.equal(moved.graph.pos, batch.pos) and moved.basis.keys() == basis.keys()
     assert batch.num_graphs == 3 and batch.node_feats.shape[1] == 6 and batch.edge_feats.shape[1] == 4
     assert torch.equal(batch.y, torch.from_numpy(arrays.targets[mols, 2]))
     # every edge stays inside its molecule and joins bonded atoms at chemical distances
@@ -130,10 +135,12 @@ def test_collate_offsets_targets_and_precomputed_bases():
     for key, value in fresh.items():
         assert torch.allclose(basis[key], value, atol=1e-6), key
     assert relative_positions(arrays).shape == (arrays.n_edge.sum(), 3)
-    with pytest.raises(ValueError, match="unknown task"):
+    with pytest.raises(ConfigError, match="unknown task"):
         QM9GraphDataset(arrays, np.arange(5), task="nope")
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(DataError, match="missing .*--dataset dgl"):
         QM9GraphDataset(arrays, np.arange(5), task="U0_atom")
+    with pytest.raises(ConfigError, match="the val split has no molecules"):
+        QM9GraphDataset(arrays, np.arange(0), split="val")
 
 
 def test_embedded_sample_is_small_and_valid():
@@ -142,3 +149,15 @@ def test_embedded_sample_is_small_and_valid():
     assert len(arrays) == 1000
     assert set(np.unique(arrays.node_attr[:, 5])) <= {1, 6, 7, 8, 9}
     assert np.all(arrays.edge_attr.sum(1) == 1)
+
+
+@pytest.mark.cuda
+def test_loader_pins_batches_and_copies_them_without_blocking_on_cuda():
+    from runtime.data import ShardSampler, make_loader
+
+    dataset = QM9GraphDataset(load_qm9("sample", num_molecules=30), np.arange(30))
+    loader = make_loader(dataset, 8, ShardSampler(30), dataset.collate, num_workers=2, device="cuda")
+    batch = next(iter(loader))
+    assert batch.graph.pos.is_pinned() and batch.graph.edge_index.is_pinned()
+    moved = batch.to("cuda", non_blocking=True)
+    assert moved.graph.pos.is_cuda and torch.equal(moved.graph.y.cpu(), batch.graph.y)

@@ -145,7 +145,8 @@ class ConvSE3(nn.Module):
 
     def _conv(self, hidden, rows, channels_out, features, basis, out_dim: Optional[int] = None) -> Tensor:
         if self.low_memory and torch.is_grad_enabled():
-            out = checkpoint(self._kernel_apply, hidden, rows, channels_out, features, basis, use_reentrant=False)
+            out = checkpoint(self._kernel_apply, hidden, rows, channels_out, features, basis, use_reentrant=False,
+                             preserve_rng_state=False)  # the kernels draw no random numbers
         else:
             out = self._kernel_apply(hidden, rows, channels_out, features, basis)
         return out if out_dim is None else out[..., :out_dim]  # drop the pad-trick column
