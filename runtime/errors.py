@@ -78,6 +78,16 @@ def is_peer_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(p in str(err) for p in _PEER_FAILURE)
 
 
+def _exit_without_teardown(code: int) -> None:
+    """Leave now when a process group is broken: tearing it down at interpreter exit can abort the
+    process (gloo threads still wait on the dead peer), which would hide the one-line message."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def run_main(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
     """Run an entry point's ``main``; user errors -> one ``error:`` line on stderr and exit code 2.
 
@@ -96,6 +106,7 @@ def run_main(main: Callable[[Optional[List[str]]], object], argv: Optional[List[
         detail = " ".join(str(err).split())[:300]
         print(report(DistributedError(f"a peer process died or did not answer within --dist_timeout; "
                                       f"see the other ranks' output ({detail})")), file=sys.stderr, flush=True)
+        _exit_without_teardown(1)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted" + _rank_suffix(), file=sys.stderr, flush=True)
