@@ -3,7 +3,7 @@
 # per-molecule predictions as CSV. Dataset, subset, task and architecture come from the checkpoint.
 #   CKPT=results/se3_transformer/se3_transformer_homo.pt SPLIT=test bash scripts/se3_transformer/predict.sh [flags]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 CKPT="${CKPT:-results/se3_transformer/se3_transformer_homo.pt}"
 SPLIT="${SPLIT:-test}"
 LOG_DIR="${LOG_DIR:-results/se3_transformer}"

@@ -4,7 +4,7 @@
 # 100 epochs, layer norm + equivariant norm, precomputed bases, seed 42.
 #   DATASET=qm9pack TASK=homo bash scripts/se3_transformer/train.sh [--amp true] [more flags]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 DATASET="${DATASET:-qm9pack}"
 TASK="${TASK:-homo}"
 DATA_DIR="${DATA_DIR:-data/se3_transformer}"

@@ -3,7 +3,7 @@
 # NPROC defaults to the GPUs torch sees (honours CUDA_VISIBLE_DEVICES), or 2 CPU processes without GPUs.
 #   DATASET=qm9pack bash scripts/se3_transformer/train_multi_gpu.sh --amp true
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
 GPUS="$(python -c "import torch; print(torch.cuda.device_count())")"
 NPROC="${NPROC:-$(( GPUS > 0 ? GPUS : 2 ))}"
 DATASET="${DATASET:-qm9pack}"
