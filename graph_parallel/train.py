@@ -18,7 +18,8 @@ evaluation         the EMA weights on every validation structure exactly once (S
                    baselines (training mean, per-element linear reference, zero forces).
                    ReduceLROnPlateau steps only on scheduled evaluations.
 scale factors      GemNet: fitted on the first ``--fit_scale_batches`` batches of a single process's
-                   epoch-0 order, on rank 0, then broadcast from rank 0; or ``--scale_file``. They
+                   epoch-0 order, on rank 0; or ``--scale_file``. A new run then broadcasts rank
+                   0's whole model (initial weights and scale factors: there is no DDP to do it). They
                    are buffers: checkpoints (model and EMA) carry them, so a resume reuses them.
 checkpoints        ``meta`` = recipe, model, config, dataset; ``extra`` = what
                    :mod:`graph_parallel.checkpoints` reads (normaliser, cutoff, max_neighbors,
@@ -38,14 +39,13 @@ import sys
 from typing import Dict, List, Optional
 
 import torch
-import torch.distributed as dist
 
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import check_meta, load_checkpoint, read_checkpoint, save_checkpoint
 from runtime.cli import ArgumentParser, add_common_args, add_refused, non_negative_int, optimizer_betas, \
     resolve_num_workers, sgd_momentum
 from runtime.data import EpochSampler, make_loader
-from runtime.distributed import init_distributed, is_initialized, is_main_process, shutdown
+from runtime.distributed import broadcast_module, init_distributed, is_main_process, shutdown
 from runtime.errors import CheckpointError, ConfigError, run_main
 from runtime.logging import setup_logger
 from runtime.loop import LoopConfig, Position, TrainLoop
@@ -178,7 +178,8 @@ def scale_factor_batches(train_set, collater: Collater, seed: int, batch_size: i
 
 
 def set_scale_factors(model, args, train_set, collater: Collater, device) -> Optional[str]:
-    """GemNet scale factors of a new run: from ``--scale_file``, or fitted on rank 0 and broadcast."""
+    """GemNet scale factors of a new run: from ``--scale_file``, or fitted on rank 0 (the caller then
+    broadcasts rank 0's whole model)."""
     if not args.model.startswith("gemnet"):
         return None
     if args.scale_file:
@@ -190,24 +191,10 @@ def set_scale_factors(model, args, train_set, collater: Collater, device) -> Opt
         batches = [b.to(device) for b in scale_factor_batches(train_set, collater, args.seed, args.batch_size,
                                                               args.fit_scale_batches)]
         fit_scale_factors(model, batches)
-    broadcast_scale_factors(model)
-    if is_main_process():
         scales = [float(f.scale) for f in scale_factors_by_name(model).values()]
         print(f"fitted {len(scales)} GemNet scaling factors on rank 0: " + ", ".join(f"{s:.3g}" for s in scales),
               flush=True)
     return "fitted"
-
-
-def broadcast_scale_factors(model) -> None:
-    """Every rank takes rank 0's scaling factors (one broadcast of a flat device tensor)."""
-    if not is_initialized():
-        return
-    buffers = [f.scale for f in scale_factors_by_name(model).values()]
-    flat = torch.stack([b.detach().reshape(()) for b in buffers])
-    dist.broadcast(flat, src=0)
-    with torch.no_grad():
-        for b, v in zip(buffers, flat):
-            b.copy_(v)
 
 
 def check_mid_epoch_resume(path: str, extra: Dict, position: Position, batch_size: int, dp_size: int) -> None:
@@ -275,6 +262,8 @@ def train(args, env) -> dict:
     model = model.to(device)
     scale_source = extra.get("scale_factors") if state is not None else \
         set_scale_factors(model, args, train_set, collater, device)
+    if state is None:
+        broadcast_module(model)     # one initialisation (and rank 0's fitted scale factors) on every rank
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.weight_decay,
                                momentum=sgd_momentum(args), betas=optimizer_betas(args))
     scheduler = make_scheduler(args.scheduler, optimizer, warmup_steps=args.warmup_steps, step_size=args.lr_step_size,

@@ -159,6 +159,20 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+@torch.no_grad()
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Every rank takes rank ``src``'s parameters and buffers (as DDP does when it wraps a model).
+
+    For models trained without DDP (graph parallelism syncs gradients itself): independent
+    initialisations agree only up to the round-off of their RNG and LAPACK paths (an orthogonal
+    init's QR varies with the thread count), so a new run starts from one rank's copy.
+    """
+    if not is_initialized():
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=src)
+
+
 def all_reduce_sum(tensor: torch.Tensor, group=None) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)

@@ -27,8 +27,16 @@ def make_batch(indices, model):
 
 
 def make_model(name):
+    """The same weights in every process to float64 round-off: built in float64, because the
+    orthogonal init's QR differs with the thread count (float32 would differ by ~1e-7; training
+    broadcasts rank 0's model for that reason)."""
     torch.manual_seed(0)
-    model = build_model(name, "small", cutoff=CUTOFF).double()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build_model(name, "small", cutoff=CUTOFF).double()
+    finally:
+        torch.set_default_dtype(default)
     with torch.no_grad():                 # zero-initialised output heads would give zero gradients
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

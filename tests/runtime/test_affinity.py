@@ -1,6 +1,7 @@
 """GPU affinity: core selection on fake topologies; a clean no-op without GPUs."""
 import pytest
 
+from runtime import affinity
 from runtime.affinity import physical_cores, select_cores, set_affinity
 
 # Two sockets of 4 physical cores with hyperthreads: core c and c + 8 are siblings.
@@ -34,7 +35,9 @@ def test_unique_modes_refuse_too_many_ranks():
         select_cores("numa", [0], 0, 1)
 
 
-def test_no_gpu_does_nothing_and_says_so_once(capsys):
+def test_no_gpu_does_nothing_and_says_so_once(capsys, monkeypatch):
+    monkeypatch.setattr(affinity, "_SAID", set())       # earlier runs in this process may have said it
+    monkeypatch.delenv("LOCAL_RANK", raising=False)     # only local rank 0 speaks
     assert set_affinity("socket_unique", 0, "cpu") is None
     assert set_affinity("socket_unique", 0, "cpu") is None
     assert capsys.readouterr().out.count("ignored: no CUDA device") == 1

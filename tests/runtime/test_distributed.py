@@ -50,6 +50,23 @@ def test_ddp_two_ranks_match_each_other_and_single_process():
         torch.testing.assert_close(p.detach(), q, rtol=1e-12, atol=1e-12)
 
 
+def _broadcast_worker(rank, world_size):
+    torch.manual_seed(rank)                       # a different initialisation on every rank
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model[1].running_mean.normal_()
+    rd.broadcast_module(model)
+    return [t.detach().clone() for t in [*model.parameters(), *model.buffers()]]
+
+
+def test_broadcast_module_gives_every_rank_rank_0s_parameters_and_buffers():
+    first, second = run_distributed(_broadcast_worker, 2)
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ref[1].running_mean.normal_()
+    for a, b, r in zip(first, second, [*ref.parameters(), *ref.buffers()]):
+        assert torch.equal(a, b) and torch.equal(a, r.detach())
+
+
 def _grid_worker(rank, world_size, gp_size):
     grid = rd.ProcessGrid(gp_size)
     t = torch.tensor([float(rank)])
