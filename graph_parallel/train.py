@@ -177,6 +177,14 @@ def scale_factor_batches(train_set, collater: Collater, seed: int, batch_size: i
     return [whole([train_set[i] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
 
 
+def start_new_run(model, args, train_set, collater: Collater, device) -> Optional[str]:
+    """A new run's model: GemNet scale factors (fitted on rank 0, or a file), then rank 0's whole model
+    (initial weights and scale factors) on every rank; there is no DDP wrapper to broadcast it."""
+    source = set_scale_factors(model, args, train_set, collater, device)
+    broadcast_module(model)
+    return source
+
+
 def set_scale_factors(model, args, train_set, collater: Collater, device) -> Optional[str]:
     """GemNet scale factors of a new run: from ``--scale_file``, or fitted on rank 0 (the caller then
     broadcasts rank 0's whole model)."""
@@ -261,9 +269,7 @@ def train(args, env) -> dict:
     # ---- model, optimizer, schedule, EMA ----
     model = model.to(device)
     scale_source = extra.get("scale_factors") if state is not None else \
-        set_scale_factors(model, args, train_set, collater, device)
-    if state is None:
-        broadcast_module(model)     # one initialisation (and rank 0's fitted scale factors) on every rank
+        start_new_run(model, args, train_set, collater, device)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.weight_decay,
                                momentum=sgd_momentum(args), betas=optimizer_betas(args))
     scheduler = make_scheduler(args.scheduler, optimizer, warmup_steps=args.warmup_steps, step_size=args.lr_step_size,

@@ -145,7 +145,7 @@ class EdgeEmbedding(nn.Module):
         self.dense = Dense(2 * atom + edge_in, out)
 
     def forward(self, h: Tensor, e: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
-        return self.dense(torch.cat([h[src], h[tgt], e], dim=-1))
+        return self.dense(torch.cat([h.index_select(0, src), h.index_select(0, tgt), e], dim=-1))
 
 
 class AtomUpdate(nn.Module):
@@ -217,11 +217,11 @@ class TripletInteraction(nn.Module):
     def forward(self, m, rbf3, rbf_w, sph, part: GraphPartition, kmax: int, group):
         x_ba = self.dense_ba(m)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(rbf3), x_ba)
-        x_ba = self.down_projection(x_ba)[part.id3_ba_local]                       # [T_local, trip]
+        x_ba = self.down_projection(x_ba).index_select(0, part.id3_ba_local)                       # [T_local, trip]
         x = self.bilinear(rbf_w, sph, x_ba, part.id3_ca_local, part.id3_ragged, kmax)
         x = self.scale_cbf_sum(x, x_ba)
         x_ca = self.up_projection_ca(x)
-        x_ac = gather(self.up_projection_ac(x), part.edge_sizes, group)[part.id_swap]   # reverse edges
+        x_ac = gather(self.up_projection_ac(x), part.edge_sizes, group).index_select(0, part.id_swap)   # reverse edges
         return (x_ca + x_ac) * INV_SQRT2
 
 
@@ -297,15 +297,15 @@ class GemNetT(nn.Module):
         local = part.edges
         src, tgt = batch.edge_index[:, local]
         tgt_local = tgt - part.atom_start
-        vec = pos[src] - pos[tgt]
+        vec = pos.index_select(0, src) - pos.index_select(0, tgt)
         shift = torch.einsum("ei,eij->ej", batch.cell_offsets[local].to(pos.dtype),
-                             batch.cell.to(pos.dtype)[batch.batch[tgt]])
+                             batch.cell.to(pos.dtype).index_select(0, batch.batch[tgt]))
         vec = vec + shift                                                  # from target a to source c
         dist = vec.norm(dim=-1)
         rbf = self.radial(dist)                                            # [E_local, R]
         # circular basis: angle at a between a->b and a->c; radial part on c->a (efficient form)
         unit = vec / dist.unsqueeze(-1)
-        cos = (unit[part.id3_ba_local] * unit[part.id3_ca_local]).sum(-1)
+        cos = (unit.index_select(0, part.id3_ba_local) * unit.index_select(0, part.id3_ca_local)).sum(-1)
         sph_t = real_sph_harm_m0(cos, self.cfg.num_spherical)              # [T_local, S]
         kmax = int(part.id3_ragged.max()) + 1 if part.id3_ragged.numel() else 1
         sph = sph_t.new_zeros(part.num_local_edges, kmax, self.cfg.num_spherical)

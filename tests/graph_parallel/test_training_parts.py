@@ -13,6 +13,7 @@ from graph_parallel.losses import SUMS, EnergyBaselines, Normalizer, energy_stat
 from graph_parallel.models import build_model
 from graph_parallel.parallel import partition_graph
 from runtime.checkpoint import save_checkpoint
+from runtime.testing import run_distributed
 
 FRAMES = (0, 9, 18)
 
@@ -116,24 +117,33 @@ def test_collate_partitions_on_the_cpu(model, gp_rank):
     assert Collater(4.5, 20)([ds[0]]).part is None
 
 
-def test_scale_factors_are_fitted_on_rank_0_and_broadcast(monkeypatch):
-    """Rank 1's view: it fits nothing and takes what the broadcast from rank 0 carries."""
+def _new_run_worker(rank, world):
     from graph_parallel import train
     from graph_parallel.models import scale_factors_by_name
 
+    torch.manual_seed(rank)                                   # a different initialisation per rank
     model = build_model("gemnet_t", "small")
-    sent = []
+    fitted = []
 
-    def broadcast(tensor, src):
-        assert src == 0
-        sent.append(tensor.clone())
-        tensor.copy_(torch.arange(len(tensor), dtype=tensor.dtype) + 2.0)   # rank 0's factors
+    def fake_fit(m, batches):                                 # what rank 0's fit would set
+        fitted.append(rank)
+        for k, factor in enumerate(scale_factors_by_name(m).values()):
+            factor.scale.fill_(2.0 + k)
 
-    monkeypatch.setattr(train, "is_initialized", lambda: True)
-    monkeypatch.setattr(train, "is_main_process", lambda: False)
-    monkeypatch.setattr(train.dist, "broadcast", broadcast)
-    monkeypatch.setattr(train, "fit_scale_factors", lambda *a: pytest.fail("only rank 0 fits"))
+    train.fit_scale_factors = fake_fit
+    train.scale_factor_batches = lambda *a: []
     args = train.build_parser().parse_args(["--model", "gemnet_t"])
-    assert train.set_scale_factors(model, args, None, None, "cpu") == "fitted"
-    assert len(sent) == 1 and sent[0].shape == (9,)
-    assert [float(f.scale) for f in scale_factors_by_name(model).values()] == [2.0 + k for k in range(9)]
+    source = train.start_new_run(model, args, None, None, "cpu")
+    factors = [float(f.scale) for f in scale_factors_by_name(model).values()]
+    return source, fitted, factors, [t.detach().clone() for t in [*model.parameters(), *model.buffers()]]
+
+
+@pytest.mark.distributed
+def test_new_run_fits_scale_factors_on_rank_0_and_broadcasts_the_whole_model():
+    """Rank 1 fits nothing; both ranks end with rank 0's initial weights and fitted factors."""
+    (src0, fit0, f0, state0), (src1, fit1, f1, state1) = run_distributed(_new_run_worker, 2)
+    assert (src0, src1, fit0, fit1) == ("fitted", "fitted", [0], [])
+    assert f0 == f1 == [2.0 + k for k in range(len(f0))] and len(f0) == 9
+    assert all(torch.equal(a, b) for a, b in zip(state0, state1))
+    torch.manual_seed(0)
+    assert torch.equal(state1[0], next(build_model("gemnet_t", "small").parameters()).detach())
