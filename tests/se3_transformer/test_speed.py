@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from e3nn import o3
@@ -80,3 +81,13 @@ def test_bench_model_smoke():
     line = [x for x in out.splitlines() if x.startswith("BENCH ")][-1]
     figures = json.loads(line[len("BENCH "):])
     assert figures["train_throughput"] > 0 and figures["train_peak_memory_mb"] > 0
+
+
+def test_precomputed_bases_memory_estimate_is_printed_and_exact():
+    from se3_transformer.data.qm9 import basis_bytes_per_edge, load_qm9, precompute_bases
+    arrays = load_qm9("sample").subset(np.arange(20))
+    messages = []
+    bases = precompute_bases(arrays, 2, report=messages.append)
+    actual = sum(v.numel() * v.element_size() for v in bases.values())
+    assert actual == int(arrays.n_edge.sum()) * basis_bytes_per_edge(2)
+    assert len(messages) == 1 and f"{int(arrays.n_edge.sum()):,} edges" in messages[0]
