@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from runtime.graph import GraphBatch
-from se3_transformer.model.basis import Basis, fuse_basis, get_basis
+from se3_transformer.model.basis import Basis, fuse_basis, get_basis, pair_basis
 from se3_transformer.model.fiber import Fiber
 from se3_transformer.model.layers import AttentionBlockSE3, ConvSE3, FuseLevel, GraphPooling, NormSE3
 
@@ -126,6 +126,8 @@ class SE3Transformer(nn.Module):
         else:
             basis = fuse_basis(basis, **self._fusion())
         paired = perm is not None
+        if paired and self.fuse_level == FuseLevel.NONE and not (self.low_memory or self.use_pad_trick):
+            basis = pair_basis(basis)
         feats = {0: batch.node_feats.unsqueeze(-1)}
         for block in self.blocks:
             feats = block(feats, scalars, edge_index, basis, paired) if isinstance(block, AttentionBlockSE3) \

@@ -46,12 +46,13 @@ def test_reverse_edge_order_pairs_twins_only():
     assert reverse_edge_order(batch.edge_index[:, 1:], scalars[1:]) is None  # an edge without its twin
 
 
-@pytest.mark.parametrize("level,low_memory", [(FuseLevel.NONE, False), (FuseLevel.PARTIAL, False),
-                                              (FuseLevel.FULL, False), (FuseLevel.NONE, True)])
-def test_shared_reverse_edges_equal_unshared_values_and_gradients(level, low_memory):
+@pytest.mark.parametrize("level,low_memory,pad", [(FuseLevel.NONE, False, False), (FuseLevel.NONE, False, True),
+                                                  (FuseLevel.PARTIAL, False, False), (FuseLevel.FULL, False, True),
+                                                  (FuseLevel.NONE, True, False)])
+def test_shared_reverse_edges_equal_unshared_values_and_gradients(level, low_memory, pad):
     batch = symmetric_batch()
-    shared = tiny_model(fuse_level=level, low_memory=low_memory)
-    plain = tiny_model(fuse_level=level, low_memory=low_memory, share_reverse_edges=False)
+    shared = tiny_model(fuse_level=level, low_memory=low_memory, use_pad_trick=pad)
+    plain = tiny_model(fuse_level=level, low_memory=low_memory, use_pad_trick=pad, share_reverse_edges=False)
     plain.load_state_dict(shared.state_dict())
     out_shared, out_plain = shared(batch), plain(batch)
     assert torch.allclose(out_shared, out_plain, atol=ATOL64)

@@ -152,6 +152,27 @@ class ConvSE3(nn.Module):
         return module
 
     # ----- forward ----------------------------------------------------------------------------
+    def _paired_pairwise(self, hidden: Tensor, in_feats, basis: Basis) -> Dict[int, Tensor]:
+        """Pairwise kernels on paired edges with the ``pair{l}{k}`` bases (unpadded): both directions side
+        by side (``[E/2, C, 2 (2l+1)]``) from input to output, split back into ``[E, C_out, 2k+1]``
+        once per output degree."""
+        half = hidden.shape[0]
+        paired = {l: x.view(2, half, x.shape[1], x.shape[2]).permute(1, 2, 0, 3).reshape(half, x.shape[1], -1)
+                  for l, x in zip(self.fiber_in.degrees, in_feats)}
+        out = {}
+        for k, c_out in self.fiber_out:
+            acc = 0
+            for l in self.fiber_in.degrees:
+                start = self.offsets[(l, k)]
+                rows = slice(start, start + c_out * self.fiber_in[l] * num_frequencies(l, k))
+                weights = self.radial.kernel(hidden, rows, c_out)
+                x = paired[l]
+                tmp = x if (l, k) == (0, 0) else (x @ basis[f"pair{l}{k}"]).view(
+                    half, x.shape[1] * num_frequencies(l, k), -1)
+                acc = acc + weights @ tmp  # [E/2, C_out, 2 (2k+1)]
+            out[k] = acc.view(half, c_out, 2, -1).permute(2, 0, 1, 3).reshape(2 * half, c_out, -1)
+        return out
+
     def _kernel_apply(self, hidden: Tensor, rows, channels_out: int, features: Tensor,
                       basis: Optional[Tensor]) -> Tensor:
         weights = self.radial.kernel(hidden, rows, channels_out)
@@ -186,6 +207,8 @@ class ConvSE3(nn.Module):
                 fused = fused + self._conv(hidden, self.index[f"in{l}"], self.fiber_out.unique_channels, x,
                                            basis[f"in{l}"])
             out = unfuse_features(fused, out_degrees)
+        elif paired_edges and not (self.low_memory and torch.is_grad_enabled()) and "pair01" in basis:
+            out = self._paired_pairwise(hidden, in_feats, basis)
         else:
             out = {}
             for k, c_out in self.fiber_out:
