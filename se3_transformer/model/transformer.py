@@ -28,6 +28,7 @@ def edge_scalars(batch: GraphBatch, rel_pos: Tensor) -> Tensor:
     return torch.cat([batch.edge_feats.to(length.dtype), length], dim=-1)
 
 
+@torch.compiler.disable  # data-dependent host reads: run eagerly, outside any compiled graph
 def reverse_edge_order(edge_index: Tensor, scalars: Tensor) -> Optional[Tensor]:
     """A permutation ``perm`` with ``edge_index[:, perm] = [A, reverse(A)]`` and equal ``scalars`` for
     both halves, or ``None`` when some edge has no reverse twin with the same scalars. Reads tensor
