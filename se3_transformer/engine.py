@@ -344,7 +344,9 @@ class InferenceRun:
         self.arrays = arrays if arrays is not None else read()
         self.split = args.split
         self.ids = dict(zip(("train", "val", "test"), split_indices(len(self.arrays), seed=0)))[args.split]
-        bases = precompute_bases(self.arrays, self.model.transformer.max_degree) if args.precompute_bases else None
+        report = None if args.silent or not is_main_process() else print
+        bases = precompute_bases(self.arrays, self.model.transformer.max_degree, report=report) \
+            if args.precompute_bases else None
         self.dataset = QM9GraphDataset(self.arrays, self.ids, self.task, bases, split=args.split)
         self.loader = make_loader(self.dataset, args.batch_size,
                                   ShardSampler(len(self.dataset), self.env.world_size, self.env.rank),

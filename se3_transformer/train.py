@@ -167,7 +167,8 @@ def _train(args, env, device, config, meta, state, resuming, logger) -> dict:
     arrays = load_data(args, args.silent)
     train_ids, val_ids, _ = split_indices(len(arrays), seed=0)
     model = build_model(config, device, args.fuse_level, args.low_memory, args.pad_trick)
-    bases = precompute_bases(arrays, model.transformer.max_degree) if args.precompute_bases else None
+    report = None if args.silent or not is_main_process() else print
+    bases = precompute_bases(arrays, model.transformer.max_degree, report=report) if args.precompute_bases else None
     train_set = QM9GraphDataset(arrays, train_ids, args.task, bases, split="training")
     val_set = QM9GraphDataset(arrays, val_ids, args.task, bases, split="validation")
     extra = state["extra"] if state is not None else {}

@@ -2,8 +2,28 @@
 # Inference throughput (molecules/s) and latency percentiles (ms) at batch sizes 400, 800 and 1600, FP32 and AMP.
 # Uses CKPT if set; otherwise writes a 1-epoch checkpoint of the architecture given by the extra flags.
 #   bash scripts/se3_transformer/benchmark_inference.sh --preset small
+# With --baseline REV (or BASELINE=REV): the model code of this checkout against revision REV instead,
+# side by side: scripts/se3_transformer/bench_model.py (forward pass of a freshly initialised model, no
+# checkpoint needed; PRESET default nvidia, batch BATCH_SIZE default 32) run ROUNDS times (default 5)
+# per tree, interleaved, by runtime.compare, which prints the medians and ratios (working / baseline;
+# COMPARE_JSON=FILE keeps them). Extra flags then go to bench_model.py (e.g. --steps 5 --precompute_bases).
+#   bash scripts/se3_transformer/benchmark_inference.sh --baseline 11b8e8f
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
+BASELINE="${BASELINE:-}"
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --baseline) BASELINE="$2"; shift 2 ;;
+        --baseline=*) BASELINE="${1#*=}"; shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+if [ -n "$BASELINE" ]; then
+    exec python -m runtime.compare --baseline "$BASELINE" --rounds "${ROUNDS:-5}" ${COMPARE_JSON:+--json "$COMPARE_JSON"} \
+        -- python "$MOLRECIPES_ROOT/scripts/se3_transformer/bench_model.py" --phase inference \
+        --preset "${PRESET:-nvidia}" --inference_batch_size "${BATCH_SIZE:-32}" ${args[@]+"${args[@]}"}
+fi
 DATASET="${DATASET:-qm9pack}"
 NUM_MOLECULES="${NUM_MOLECULES:-10000}"  # enough molecules for full batches of 1600
 STEPS="${STEPS:-5}"
@@ -13,7 +33,7 @@ LOG_ROOT="${LOG_ROOT:-results/se3_transformer_benchmark/inference}"
 if [[ -z "${CKPT:-}" ]]; then
     CKPT="$LOG_ROOT/benchmark_model.pt"
     python -m se3_transformer.train --dataset sample --num_molecules 100 --epochs 1 --silent true \
-        --log_dir "$LOG_ROOT/make_ckpt" --save_ckpt_path "$CKPT" "$@"
+        --log_dir "$LOG_ROOT/make_ckpt" --save_ckpt_path "$CKPT" ${args[@]+"${args[@]}"}
 fi
 for bs in $BATCH_SIZES; do
     for amp in false true; do
@@ -21,8 +41,8 @@ for bs in $BATCH_SIZES; do
         echo "=== inference batch_size=$bs amp=$amp"
         python -m se3_transformer.evaluate --benchmark true --dataset "$DATASET" --num_molecules "$NUM_MOLECULES" \
             --split train --load_ckpt_path "$CKPT" --batch_size "$bs" --benchmark_warmup "$WARMUP" \
-            --benchmark_steps "$STEPS" --silent true --log_dir "$LOG_ROOT/$name" --amp "$amp"
-        grep -o '"data": {"inference_[^}]*}' "$LOG_ROOT/$name/log.json" | tail -1
-        grep -o '"data": {"peak_memory_mb[^}]*}' "$LOG_ROOT/$name/log.json" | tail -1
+            --benchmark_steps "$STEPS" --silent true --log_dir "$LOG_ROOT/$name" --dllogger_name bench_log.json --amp "$amp"
+        grep -o '"data": {"inference_[^}]*}' "$LOG_ROOT/$name/bench_log.json" | tail -1
+        grep -o '"data": {"peak_memory_mb[^}]*}' "$LOG_ROOT/$name/bench_log.json" | tail -1
     done
 done

@@ -2,8 +2,28 @@
 # Training throughput (molecules/s), latency percentiles (ms) and peak memory at batch sizes 120 and 240,
 # FP32 and AMP, plus low-memory mode. Prints figures; asserts nothing. Extra flags go to every run, e.g.
 #   bash scripts/se3_transformer/benchmark_train.sh --preset small
+# With --baseline REV (or BASELINE=REV): the model code of this checkout against revision REV instead,
+# side by side: scripts/se3_transformer/bench_model.py (training step, PRESET default nvidia, batch
+# BATCH_SIZE default 32) run ROUNDS times (default 5) per tree, interleaved, by runtime.compare, which
+# prints the medians and ratios (working / baseline; COMPARE_JSON=FILE keeps them). Extra flags then go
+# to bench_model.py (e.g. --steps 5 --precompute_bases --compile).
+#   bash scripts/se3_transformer/benchmark_train.sh --baseline 11b8e8f
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/../env.sh"
+BASELINE="${BASELINE:-}"
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --baseline) BASELINE="$2"; shift 2 ;;
+        --baseline=*) BASELINE="${1#*=}"; shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+if [ -n "$BASELINE" ]; then
+    exec python -m runtime.compare --baseline "$BASELINE" --rounds "${ROUNDS:-5}" ${COMPARE_JSON:+--json "$COMPARE_JSON"} \
+        -- python "$MOLRECIPES_ROOT/scripts/se3_transformer/bench_model.py" --phase train --preset "${PRESET:-nvidia}" \
+        --batch_size "${BATCH_SIZE:-32}" ${args[@]+"${args[@]}"}
+fi
 DATASET="${DATASET:-qm9pack}"
 NUM_MOLECULES="${NUM_MOLECULES:-10000}"  # enough molecules for full batches of 1600
 STEPS="${STEPS:-10}"
@@ -18,8 +38,8 @@ for bs in $BATCH_SIZES; do
         echo "=== train batch_size=$bs mode=$mode"
         python -m se3_transformer.train --benchmark true --dataset "$DATASET" --num_molecules "$NUM_MOLECULES" \
             --batch_size "$bs" --benchmark_warmup "$WARMUP" --benchmark_steps "$STEPS" --silent true \
-            --log_dir "$LOG_ROOT/bs${bs}_${mode}" "${flags[@]}" "$@"
-        grep -o '"data": {"train_[^}]*}' "$LOG_ROOT/bs${bs}_${mode}/log.json" | tail -1
-        grep -o '"data": {"peak_memory_mb[^}]*}' "$LOG_ROOT/bs${bs}_${mode}/log.json" | tail -1
+            --log_dir "$LOG_ROOT/bs${bs}_${mode}" --dllogger_name bench_log.json "${flags[@]}" ${args[@]+"${args[@]}"}
+        grep -o '"data": {"train_[^}]*}' "$LOG_ROOT/bs${bs}_${mode}/bench_log.json" | tail -1
+        grep -o '"data": {"peak_memory_mb[^}]*}' "$LOG_ROOT/bs${bs}_${mode}/bench_log.json" | tail -1
     done
 done

@@ -118,8 +118,26 @@ def relative_positions(arrays: QM9Arrays) -> torch.Tensor:
     return pos[torch.from_numpy(arrays.dst + offsets)] - pos[torch.from_numpy(arrays.src + offsets)]
 
 
-def precompute_bases(arrays: QM9Arrays, max_degree: int, chunk: int = 65536) -> Dict:
-    """Pairwise bases of every edge of ``arrays`` (``--precompute_bases``), computed in chunks."""
+def basis_bytes_per_edge(max_degree: int, dtype: torch.dtype = torch.float32) -> int:
+    """Memory of one edge's pairwise bases: ``sum_{l,k} (2l+1)(2 min(l,k)+1)(2k+1)`` values."""
+    values = sum((2 * l + 1) * (2 * min(l, k) + 1) * (2 * k + 1)
+                 for l in range(max_degree + 1) for k in range(max_degree + 1))
+    return values * torch.empty((), dtype=dtype).element_size()
+
+
+def precompute_bases(arrays: QM9Arrays, max_degree: int, chunk: int = 65536, report=None) -> Dict:
+    """Pairwise bases of every edge of ``arrays`` (``--precompute_bases``), computed in chunks.
+
+    The cache holds ``basis_bytes_per_edge`` per directed edge in host memory (shared by all splits;
+    loader workers share it copy-on-write); ``report`` (e.g. ``print``) receives that estimate before
+    anything is computed. The other edge inputs (relative position, length, bond one-hot) are a few
+    values per edge and cost well under 1 % of a step, so they are not cached.
+    """
+    num_edges = int(arrays.n_edge.sum())
+    if report is not None:
+        per_edge = basis_bytes_per_edge(max_degree)
+        report(f"--precompute_bases: {num_edges:,} edges x {per_edge:,} bytes (float32, degrees 0-{max_degree}) "
+               f"= {num_edges * per_edge / 2 ** 20:,.1f} MB of host memory for the basis cache")
     rel_pos = relative_positions(arrays)
     parts = [compute_basis(rel_pos[i:i + chunk], max_degree) for i in range(0, len(rel_pos), chunk)]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

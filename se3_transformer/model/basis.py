@@ -134,6 +134,26 @@ def fuse_basis(basis: Basis, fully_fused: bool = True, partially_fused: bool = T
     return fused
 
 
+@torch.compiler.disable  # plain tensor bookkeeping
+def pair_basis(basis: Basis) -> Basis:
+    """Add ``"pair{l}{k}"`` layouts for paired edges (edge ``e + E/2`` reverses edge ``e``).
+
+    ``[E/2, 2 (2l+1), F * 2 (2k+1)]`` with rows ``(direction, m_in)`` and columns ``(f, direction,
+    m_out)``, zero across directions: features of both directions laid side by side
+    (``[E/2, C, 2 (2l+1)]``) times this give ``[E/2, C * F, 2 (2k+1)]``, the right operand of the
+    shared kernel ``[E/2, C_out, C * F]``, with no transpose copy of the product.
+    """
+    out = dict(basis)
+    for (l, k), b in [(key, v) for key, v in basis.items() if isinstance(key, tuple) and key != (0, 0)]:
+        num_edges, d_in, nf, d_out = b.shape
+        halves = b.view(2, num_edges // 2, d_in, nf, d_out)
+        pair = b.new_zeros(num_edges // 2, 2, d_in, nf, 2, d_out)
+        pair[:, 0, :, :, 0, :] = halves[0]
+        pair[:, 1, :, :, 1, :] = halves[1]
+        out[f"pair{l}{k}"] = pair.view(num_edges // 2, 2 * d_in, nf * 2 * d_out)
+    return out
+
+
 @torch.compiler.disable  # e3nn's Clebsch-Gordan construction is Python-heavy; run it eagerly
 def get_basis(relative_pos: Tensor, max_degree: int, use_pad_trick: bool = False, fully_fused: bool = True,
               partially_fused: bool = True) -> Basis:

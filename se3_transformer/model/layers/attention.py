@@ -66,8 +66,8 @@ class AttentionBlockSE3(nn.Module):
         self.project = LinearSE3(self.value_fiber + fiber_in, fiber_out)
 
     def forward(self, features: Dict[int, Tensor], edge_scalars: Tensor, edge_index: Tensor,
-                basis: Basis) -> Dict[int, Tensor]:
-        key_value = self.to_key_value(features, edge_scalars, edge_index, basis)
+                basis: Basis, paired_edges: bool = False) -> Dict[int, Tensor]:
+        key_value = self.to_key_value(features, edge_scalars, edge_index, basis, paired_edges)
         key, value = {}, {}
         for d, kv in key_value.items():
             if d in self.key_fiber:

@@ -11,6 +11,11 @@ layer are grouped in blocks, one per ``(degree_in, degree_out)`` pair, each laid
 
 For each level the needed rows of the last layer are gathered with a precomputed index, so the
 same parameters give the same function at every level and a checkpoint loads at any level.
+
+Paired edges (``paired_edges=True``): the caller promises that edge ``e + E/2`` is the reverse of
+edge ``e`` with the same invariant inputs (see ``transformer.reverse_edge_order``). The radial MLP
+then runs on the first half only and each kernel ``[E/2, C_out, C_in * F]`` is built once and
+applied to both directions in one batched matmul: half the kernel work and memory, same function.
 """
 from __future__ import annotations
 
@@ -58,13 +63,22 @@ class RadialProfile(nn.Module):
 def contract(weights: Tensor, features: Tensor, basis: Optional[Tensor]) -> Tensor:
     """``out[e,o,k] = sum_{c,f,l} weights[e,o,c*F+f] features[e,c,l] basis[e,l,f,k]``.
 
-    ``basis=None`` is the degree-0 -> degree-0 case where the basis is the constant 1.
+    ``basis=None`` is the degree-0 -> degree-0 case where the basis is the constant 1. When
+    ``weights`` has half as many edges as ``features`` (paired edges), row ``e`` of ``weights`` serves
+    edges ``e`` and ``e + E/2``: both directions go through one matmul ``[E/2, O, CF] @ [E/2, CF, 2K]``.
     """
-    if basis is None:
-        return weights @ features
     num_edges, channels_in, in_dim = features.shape
-    tmp = features @ basis.reshape(num_edges, in_dim, -1)
-    return weights @ tmp.view(num_edges, channels_in * basis.shape[2], basis.shape[3])
+    if basis is None:
+        tmp = features
+    else:
+        tmp = (features @ basis.reshape(num_edges, in_dim, -1)).view(
+            num_edges, channels_in * basis.shape[2], basis.shape[3])
+    if weights.shape[0] == num_edges:
+        return weights @ tmp
+    half, rows, k = num_edges // 2, tmp.shape[1], tmp.shape[2]
+    both = tmp.view(2, half, rows, k).permute(1, 2, 0, 3).reshape(half, rows, 2 * k)
+    out = weights @ both
+    return out.view(half, -1, 2, k).permute(2, 0, 1, 3).reshape(num_edges, -1, k)
 
 
 class ConvSE3(nn.Module):
@@ -138,6 +152,27 @@ class ConvSE3(nn.Module):
         return module
 
     # ----- forward ----------------------------------------------------------------------------
+    def _paired_pairwise(self, hidden: Tensor, in_feats, basis: Basis) -> Dict[int, Tensor]:
+        """Pairwise kernels on paired edges with the ``pair{l}{k}`` bases (unpadded): both directions side
+        by side (``[E/2, C, 2 (2l+1)]``) from input to output, split back into ``[E, C_out, 2k+1]``
+        once per output degree."""
+        half = hidden.shape[0]
+        paired = {l: x.view(2, half, x.shape[1], x.shape[2]).permute(1, 2, 0, 3).reshape(half, x.shape[1], -1)
+                  for l, x in zip(self.fiber_in.degrees, in_feats)}
+        out = {}
+        for k, c_out in self.fiber_out:
+            acc = 0
+            for l in self.fiber_in.degrees:
+                start = self.offsets[(l, k)]
+                rows = slice(start, start + c_out * self.fiber_in[l] * num_frequencies(l, k))
+                weights = self.radial.kernel(hidden, rows, c_out)
+                x = paired[l]
+                tmp = x if (l, k) == (0, 0) else (x @ basis[f"pair{l}{k}"]).view(
+                    half, x.shape[1] * num_frequencies(l, k), -1)
+                acc = acc + weights @ tmp  # [E/2, C_out, 2 (2k+1)]
+            out[k] = acc.view(half, c_out, 2, -1).permute(2, 0, 1, 3).reshape(2 * half, c_out, -1)
+        return out
+
     def _kernel_apply(self, hidden: Tensor, rows, channels_out: int, features: Tensor,
                       basis: Optional[Tensor]) -> Tensor:
         weights = self.radial.kernel(hidden, rows, channels_out)
@@ -152,9 +187,9 @@ class ConvSE3(nn.Module):
         return out if out_dim is None else out[..., :out_dim]  # drop the pad-trick column
 
     def forward(self, node_feats: Dict[int, Tensor], edge_scalars: Tensor, edge_index: Tensor,
-                basis: Basis) -> Dict[int, Tensor]:
+                basis: Basis, paired_edges: bool = False) -> Dict[int, Tensor]:
         src, dst = edge_index[0], edge_index[1]
-        hidden = self.radial.trunk(edge_scalars)
+        hidden = self.radial.trunk(edge_scalars[:edge_scalars.shape[0] // 2] if paired_edges else edge_scalars)
         in_feats = [node_feats[l].index_select(0, src) for l in self.fiber_in.degrees]
         out_degrees = self.fiber_out.degrees
 
@@ -172,6 +207,8 @@ class ConvSE3(nn.Module):
                 fused = fused + self._conv(hidden, self.index[f"in{l}"], self.fiber_out.unique_channels, x,
                                            basis[f"in{l}"])
             out = unfuse_features(fused, out_degrees)
+        elif paired_edges and not (self.low_memory and torch.is_grad_enabled()) and "pair01" in basis:
+            out = self._paired_pairwise(hidden, in_feats, basis)
         else:
             out = {}
             for k, c_out in self.fiber_out:
