@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Full QM9 training with NVIDIA's settings (scripts/train.sh of DeepLearningExamples' SE3Transformer): 7 layers,
 # degrees 0-3, 32 channels, 8 heads, batch 240, lr 0.002 with a per-epoch cosine to lr/10, weight decay 0.1,
-# 100 epochs, layer norm + equivariant norm, precomputed bases, seed 42.
+# 100 epochs, layer norm + equivariant norm, seed 42. NVIDIA's --precompute_bases is left out: here it caches the
+# bases of all QM9 edges in host memory (19.9 GiB per process at degrees 0-3) for no measured gain; add it to opt in.
 #   DATASET=qm9pack TASK=homo bash scripts/se3_transformer/train.sh [--amp true] [more flags]
 set -euo pipefail
 source "$(dirname "$0")/../env.sh"
@@ -11,4 +12,4 @@ DATA_DIR="${DATA_DIR:-data/se3_transformer}"
 LOG_DIR="${LOG_DIR:-results/se3_transformer}"
 python -m se3_transformer.train --dataset "$DATASET" --task "$TASK" --data_dir "$DATA_DIR" --log_dir "$LOG_DIR" \
     --batch_size 240 --epochs 100 --learning_rate 0.002 --weight_decay 0.1 --use_layer_norm true --norm true \
-    --eval_interval 20 --precompute_bases true --seed 42 --save_ckpt_path "$LOG_DIR/se3_transformer_${TASK}.pt" "$@"
+    --eval_interval 20 --seed 42 --save_ckpt_path "$LOG_DIR/se3_transformer_${TASK}.pt" "$@"
