@@ -105,12 +105,14 @@ class InteractionPPBlock(nn.Module):
         self.after_skip = nn.ModuleList(ResidualLayer(h, act) for _ in range(cfg.num_after_skip))
         self.act = act
 
-    def forward(self, m: Tensor, rbf: Tensor, sbf: Tensor, part: GraphPartition, group) -> Tensor:
+    def forward(self, m: Tensor, rbf: Tensor, sbf_down: Tensor, part: GraphPartition, group) -> Tensor:
+        """``sbf_down`` [T_local, basis_emb]: this block's ``lin_sbf1`` of the spherical basis (computed
+        for all blocks in one matmul by :class:`DimeNetPP`)."""
         x_ji = self.act(self.lin_ji(m))
         x_kj = self.act(self.lin_kj(m)) * self.lin_rbf2(self.lin_rbf1(rbf))
         x_kj = self.act(self.lin_down(x_kj))                                # [E_local, int_emb]
         x_kj = gather(x_kj, part.edge_sizes, group)                          # [E, int_emb]: all edges
-        x_kj = triplet_sum(x_kj, self.lin_sbf1(sbf), self.lin_sbf2.weight, part)   # [E_local, int_emb]
+        x_kj = triplet_sum(x_kj, sbf_down, self.lin_sbf2.weight, part)       # [E_local, int_emb]
         h = x_ji + self.act(self.lin_up(x_kj))
         for layer in self.before_skip:
             h = layer(h)
@@ -174,11 +176,15 @@ class DimeNetPP(nn.Module):
         if self.cfg.detach_angles:
             geometry = tuple(t.detach() for t in geometry)
         cos = triplet_cosines(*geometry, part.id_ji_local, id_kj)
-        sbf = self.sbf(self.sbf.radial(dist_kj)[id_kj], cos)
+        sbf = self.sbf(self.sbf.radial(dist_kj)[id_kj], cos)                  # [T_local, L * R]
+        # every block's lin_sbf1 in one matmul: the [T, L * R] basis is read once, and its gradient
+        # comes from one matmul instead of one per block plus their sum
+        w1 = torch.cat([block.lin_sbf1.weight for block in self.interactions])
+        sbf_down = (sbf @ w1.t()).split(self.cfg.basis_emb_size, dim=1)
         tgt_local = tgt - part.atom_start
         m = self.embedding(batch.atomic_numbers, rbf, src, tgt)
         atom_energy = self.outputs[0](m, rbf, tgt_local, part.num_local_atoms)
-        for interaction, output in zip(self.interactions, self.outputs[1:]):
-            m = interaction(m, rbf, sbf, part, group)
+        for interaction, output, s in zip(self.interactions, self.outputs[1:], sbf_down):
+            m = interaction(m, rbf, s, part, group)
             atom_energy = atom_energy + output(m, rbf, tgt_local, part.num_local_atoms)
         return scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures), None
