@@ -16,7 +16,9 @@ Per round: one step of ours, then one of PyG's (order alternating by round), for
 Reported per model and phase: ``*_throughput`` (structures/s at the median wall latency),
 ``*_latency_{p50,p90,p99}`` and ``*_cpu_ms`` (median CPU time of the process, less disturbed by
 other jobs), ``*_peak_memory_mb`` (the process's peak RSS during that model's steps: the
-high-water mark is reset before each step via /proc/self/clear_refs), and ``ratio`` = ours / PyG
+high-water mark is reset before each step via /proc/self/clear_refs; both models live in the
+process, so this includes the other's weights), ``*_memory_growth_mb`` (that peak minus the RSS
+right before the step: what the step itself allocates), and ``ratio`` = ours / PyG
 (> 1 better for throughput; < 1 better for latency and memory). One ``BENCH {json}`` line at the end.
 """
 import argparse
@@ -49,6 +51,11 @@ def _hwm_mb() -> float:
             if line.startswith("VmHWM"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def _reset_hwm() -> None:
@@ -166,9 +173,11 @@ def run(args) -> dict:
         wall = {n: [] for n in fns}
         cpu = {n: [] for n in fns}
         peak = {n: 0.0 for n in fns}
+        growth = {n: 0.0 for n in fns}
         for r in range(args.warmup + args.rounds):
             for name in (("ours", "pyg") if r % 2 == 0 else ("pyg", "ours")):
                 _reset_hwm()
+                before = _rss_mb()
                 t0, c0 = time.perf_counter(), time.process_time()
                 fns[name]()
                 w, c = time.perf_counter() - t0, time.process_time() - c0
@@ -176,6 +185,7 @@ def run(args) -> dict:
                     wall[name].append(w)
                     cpu[name].append(c)
                     peak[name] = max(peak[name], _hwm_mb())
+                    growth[name] = max(growth[name], _hwm_mb() - before)
         for name in fns:
             med = statistics.median(wall[name])
             figures.update({f"{name}_{phase}_throughput": args.batch_size / med,
@@ -183,13 +193,14 @@ def run(args) -> dict:
                             f"{name}_{phase}_latency_p90": percentile(wall[name], 0.9) * 1e3,
                             f"{name}_{phase}_latency_p99": percentile(wall[name], 0.99) * 1e3,
                             f"{name}_{phase}_cpu_ms": statistics.median(cpu[name]) * 1e3,
-                            f"{name}_{phase}_peak_memory_mb": peak[name]})
+                            f"{name}_{phase}_peak_memory_mb": peak[name],
+                            f"{name}_{phase}_memory_growth_mb": growth[name]})
         paired = [p / o for o, p in zip(cpu["ours"], cpu["pyg"])]
         figures.update({f"ratio_{phase}_throughput": figures[f"ours_{phase}_throughput"] / figures[f"pyg_{phase}_throughput"],
                         f"ratio_{phase}_cpu_speedup": figures[f"pyg_{phase}_cpu_ms"] / figures[f"ours_{phase}_cpu_ms"],
                         f"ratio_{phase}_cpu_speedup_paired": statistics.median(paired),
-                        f"ratio_{phase}_peak_memory": figures[f"ours_{phase}_peak_memory_mb"]
-                        / figures[f"pyg_{phase}_peak_memory_mb"]})
+                        f"ratio_{phase}_memory_growth": figures[f"ours_{phase}_memory_growth_mb"]
+                        / figures[f"pyg_{phase}_memory_growth_mb"]})
     return figures
 
 
@@ -204,7 +215,8 @@ def main(argv=None) -> int:
     for phase in ("train", "inference"):
         if f"ours_{phase}_cpu_ms" not in figures:
             continue
-        for fig in ("throughput", "latency_p50", "latency_p90", "latency_p99", "cpu_ms", "peak_memory_mb"):
+        for fig in ("throughput", "latency_p50", "latency_p90", "latency_p99", "cpu_ms", "peak_memory_mb",
+                    "memory_growth_mb"):
             o, p = figures[f"ours_{phase}_{fig}"], figures[f"pyg_{phase}_{fig}"]
             print(f"| {phase} | {fig} | {o:.4g} | {p:.4g} | {o / p:.3f} |")
         print(f"| {phase} | speed-up on CPU time (PyG/ours, paired median) | | | "
