@@ -39,12 +39,13 @@ def triplet_sum(x_kj: Tensor, s_kji: Tensor, weight: Tensor, part: GraphPartitio
     """
     j_atoms, k_out, k_in = part.pad_shape
     b = s_kji.shape[1]
-    x_pad = torch.cat([x_kj, x_kj.new_zeros(1, x_kj.shape[1])])[part.pad_x_index]          # [J, K_in, C]
+    x_pad = torch.cat([x_kj, x_kj.new_zeros(1, x_kj.shape[1])]).index_select(0, part.pad_x_index.reshape(-1))
+    x_pad = x_pad.view(j_atoms, k_in, -1)                                                    # [J, K_in, C]
     channel = torch.arange(b, device=s_kji.device).unsqueeze(0)
     s_pad = s_kji.new_zeros(j_atoms * k_out, b, k_in).index_put(
         (part.pad_tri_row.unsqueeze(1), channel, part.pad_tri_col.unsqueeze(1)), s_kji)   # [J K_out, B, K_in]
     r = torch.bmm(s_pad.view(j_atoms, k_out * b, k_in), x_pad).view(j_atoms * k_out, b, -1)
-    return (r * weight.t().unsqueeze(0)).sum(1)[part.pad_edge_row]
+    return (r * weight.t().unsqueeze(0)).sum(1).index_select(0, part.pad_edge_row)
 
 
 @dataclass
@@ -86,7 +87,8 @@ class EmbeddingBlock(nn.Module):
 
     def forward(self, z: Tensor, rbf: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
         h = self.emb(z - 1)
-        return self.act(self.lin(torch.cat([h[tgt], h[src], self.act(self.lin_rbf(rbf))], dim=-1)))
+        return self.act(self.lin(torch.cat([h.index_select(0, tgt), h.index_select(0, src),
+                                            self.act(self.lin_rbf(rbf))], dim=-1)))
 
 
 class InteractionPPBlock(nn.Module):
@@ -176,7 +178,7 @@ class DimeNetPP(nn.Module):
         if self.cfg.detach_angles:
             geometry = tuple(t.detach() for t in geometry)
         cos = triplet_cosines(*geometry, part.id_ji_local, id_kj)
-        sbf = self.sbf(self.sbf.radial(dist_kj)[id_kj], cos)                  # [T_local, L * R]
+        sbf = self.sbf(self.sbf.radial(dist_kj).index_select(0, id_kj), cos)                  # [T_local, L * R]
         # every block's lin_sbf1 in one matmul: the [T, L * R] basis is read once, and its gradient
         # comes from one matmul instead of one per block plus their sum
         w1 = torch.cat([block.lin_sbf1.weight for block in self.interactions])
