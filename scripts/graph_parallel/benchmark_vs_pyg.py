@@ -18,7 +18,8 @@ Reported per model and phase: ``*_throughput`` (structures/s at the median wall 
 other jobs), ``*_peak_memory_mb`` (the process's peak RSS during that model's steps: the
 high-water mark is reset before each step via /proc/self/clear_refs; both models live in the
 process, so this includes the other's weights), ``*_memory_growth_mb`` (that peak minus the RSS
-right before the step: what the step itself allocates), and ``ratio`` = ours / PyG
+right before the step; in the BENCH line only: freed memory the allocator kept from the previous
+step makes it 0 for whichever model reuses it, so compare peaks), and ``ratio`` = ours / PyG
 (> 1 better for throughput; < 1 better for latency and memory). One ``BENCH {json}`` line at the end.
 """
 import argparse
@@ -215,8 +216,7 @@ def main(argv=None) -> int:
     for phase in ("train", "inference"):
         if f"ours_{phase}_cpu_ms" not in figures:
             continue
-        for fig in ("throughput", "latency_p50", "latency_p90", "latency_p99", "cpu_ms", "peak_memory_mb",
-                    "memory_growth_mb"):
+        for fig in ("throughput", "latency_p50", "latency_p90", "latency_p99", "cpu_ms", "peak_memory_mb"):
             o, p = figures[f"ours_{phase}_{fig}"], figures[f"pyg_{phase}_{fig}"]
             print(f"| {phase} | {fig} | {o:.4g} | {p:.4g} | {o / p if p else float('nan'):.3f} |")
         print(f"| {phase} | speed-up on CPU time (PyG/ours, paired median) | | | "
