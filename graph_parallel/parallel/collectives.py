@@ -22,8 +22,7 @@ Backend choices (:func:`comm_plan`, decided from the group's backend name): on g
 bfloat16 travel as float32 (gloo reduces them poorly) and ``reduce_scatter`` is an all-reduce
 followed by the own slice (gloo has no reduce-scatter); on any other backend (NCCL) tensors travel
 in their own dtype and ``reduce_scatter`` is the native one (``reduce_scatter_single``, formerly
-``reduce_scatter_tensor``) over chunks
-padded to the largest one.
+``reduce_scatter_tensor``) over chunks padded to the largest one.
 """
 from __future__ import annotations
 
