@@ -21,10 +21,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from ..parallel.partition import GraphPartition, partition_graph
+from ..parallel.partition import INDEX_TENSORS, GraphPartition, partition_graph
 from .radius_graph import radius_graph_pbc
 
-PARTITION_TENSORS = ("id_kj", "id_ji_local", "id3_ba_local", "id3_ca_local", "id3_ragged", "id_swap")
+PARTITION_TENSORS = INDEX_TENSORS
 
 
 def _map_partition(part: Optional[GraphPartition], fn: Callable[[Tensor], Tensor]) -> Optional[GraphPartition]:

@@ -72,9 +72,9 @@ def _spherical_bessel_polys(max_l: int) -> List[Tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def spherical_bessel(l: int, x, max_l: int = None):
-    """j_l(x) for a tensor or numpy array x > 0."""
-    p, q = _spherical_bessel_polys(max(l, max_l or 0))[l]
+def spherical_bessel(l: int, x, max_l: int = None, polys=None):
+    """j_l(x) for a tensor or numpy array x > 0 (``polys``: :func:`_spherical_bessel_polys` output, if at hand)."""
+    p, q = (polys or _spherical_bessel_polys(max(l, max_l or 0)))[l]
     u = 1.0 / x
     sin, cos = (torch.sin, torch.cos) if isinstance(x, Tensor) else (np.sin, np.cos)
     ps = sum(float(c) * u ** k for k, c in enumerate(p) if c != 0)
@@ -152,12 +152,14 @@ class SphericalBasis(nn.Module):
                          for l in range(num_spherical)])
         self.register_buffer("zeros", torch.tensor(zeros, dtype=torch.get_default_dtype()), persistent=False)
         self.register_buffer("norm", torch.tensor(norm, dtype=torch.get_default_dtype()), persistent=False)
+        # coefficients fetched once here: an lru_cache'd sympy call inside forward breaks torch.compile's graph
+        self._polys = _spherical_bessel_polys(num_spherical)
 
     def radial(self, dist: Tensor) -> Tensor:
         """[E, L, R] normalised spherical Bessel functions times envelope / x (as DimeNet)."""
         x = (dist / self.cutoff).view(-1, 1, 1)
         arg = self.zeros.to(dist.dtype) * x
-        j = torch.stack([spherical_bessel(l, arg[:, l], self.num_spherical) for l in range(self.num_spherical)], 1)
+        j = torch.stack([spherical_bessel(l, arg[:, l], polys=self._polys) for l in range(self.num_spherical)], 1)
         return self.envelope(x) / x * self.norm.to(dist.dtype) * j
 
     def forward(self, radial_kj: Tensor, cos_angle: Tensor) -> Tensor:

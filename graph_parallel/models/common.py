@@ -13,21 +13,25 @@ from ..data.radius_graph import radius_graph_pbc
 from ..parallel import GraphPartition, all_reduce, gather
 
 
-def edge_vectors(pos: Tensor, batch: S2EFBatch) -> Tuple[Tensor, Tensor]:
-    """Vector from target to (imaged) source and its length for every edge of the batch, [E, 3] and [E]."""
-    src, tgt = batch.edge_index
-    cell = batch.cell.to(pos.dtype)[batch.batch[tgt]]                      # [E, 3, 3]
-    shift = torch.einsum("ei,eij->ej", batch.cell_offsets.to(pos.dtype), cell)
-    vec = pos[src] + shift - pos[tgt]
+def edge_vectors(pos: Tensor, batch: S2EFBatch, edges=None) -> Tuple[Tensor, Tensor]:
+    """Vector from target to (imaged) source and its length for ``edges`` (index or slice; default all), [E, 3], [E]."""
+    edge_index, offsets = batch.edge_index, batch.cell_offsets
+    if edges is not None:
+        edge_index, offsets = edge_index[:, edges], offsets[edges]
+    src, tgt = edge_index
+    cell = batch.cell.to(pos.dtype).index_select(0, batch.batch[tgt])     # [E, 3, 3]
+    shift = torch.einsum("ei,eij->ej", offsets.to(pos.dtype), cell)
+    # index_select, not pos[src]: its backward (index_add_) is deterministic on multi-threaded CPU
+    vec = pos.index_select(0, src) + shift - pos.index_select(0, tgt)
     return vec, vec.norm(dim=-1)
 
 
-def triplet_cosines(vec: Tensor, dist: Tensor, part: GraphPartition) -> Tensor:
-    """Cosine of the angle at j between j->i and j->k for the rank's triplets (k->j, j->i)."""
-    id_ji = part.id_ji_local + part.edge_start
-    to_i = -vec[id_ji]                       # vec[ji] points from i to j
-    to_k = vec[part.id_kj]                   # vec[kj] points from j to k
-    return (to_i * to_k).sum(-1) / (dist[id_ji] * dist[part.id_kj])
+def triplet_cosines(vec_ji: Tensor, dist_ji: Tensor, vec_kj: Tensor, dist_kj: Tensor, id_ji: Tensor,
+                    id_kj: Tensor) -> Tensor:
+    """Cosine of the angle at j between j->i and j->k for triplets (k->j = ``vec_kj[id_kj]``, j->i = ``vec_ji[id_ji]``)."""
+    to_i = -vec_ji.index_select(0, id_ji)    # vec[ji] points from i to j
+    to_k = vec_kj.index_select(0, id_kj)     # vec[kj] points from j to k
+    return (to_i * to_k).sum(-1) / (dist_ji.index_select(0, id_ji) * dist_kj.index_select(0, id_kj))
 
 
 class ResidualLayer(nn.Module):

@@ -5,6 +5,12 @@ triplets k->j->i of those edges. Per interaction block the only communication is
 the down-projected edge messages (``int_emb_size`` wide, the narrowest tensor of the block), which
 each triplet reads at its incoming edge k->j; the reduce-scatter in its backward pass brings the
 other ranks' gradient contributions home. Output blocks sum edges into their (local) target atoms.
+A rank computes edge geometry for its own edges and the incoming edges its triplets read, only.
+
+Triplet sum: sum_k x_kj * W2 (W1 sbf_kji) (W1, W2 the bias-free ``lin_sbf1``/``lin_sbf2``) is
+evaluated as W2-contraction of sum_k (W1 sbf_kji) x_kj, a batched matmul per atom j over the padded
+layout of :func:`graph_parallel.parallel.partition.incoming_layout`: no [triplets, int_emb] tensor
+is formed (those products, gathers and scatters were most of a training step's time and memory).
 
 Angles are interior angles at j between j->i and j->k (PyG and fairchem use the supplementary
 angle, so their spherical basis differs by (-1)^l; see graph_parallel.convert). Two options
@@ -24,6 +30,22 @@ from ..data.batch import S2EFBatch
 from ..parallel import GraphPartition, gather
 from .basis import BesselBasis, SphericalBasis
 from .common import ResidualLayer, edge_vectors, triplet_cosines
+
+
+def triplet_sum(x_kj: Tensor, s_kji: Tensor, weight: Tensor, part: GraphPartition) -> Tensor:
+    """out[ji, c] = sum over triplets (k->j, j->i) of x_kj[kj, c] * sum_b weight[c, b] s_kji[t, b], [E_local, C].
+
+    ``x_kj`` [E, C] over all edges, ``s_kji`` [T_local, B]; one bmm per atom j of the padded layout.
+    """
+    j_atoms, k_out, k_in = part.pad_shape
+    b = s_kji.shape[1]
+    x_pad = torch.cat([x_kj, x_kj.new_zeros(1, x_kj.shape[1])]).index_select(0, part.pad_x_index.reshape(-1))
+    x_pad = x_pad.view(j_atoms, k_in, -1)                                                    # [J, K_in, C]
+    channel = torch.arange(b, device=s_kji.device).unsqueeze(0)
+    s_pad = s_kji.new_zeros(j_atoms * k_out, b, k_in).index_put(
+        (part.pad_tri_row.unsqueeze(1), channel, part.pad_tri_col.unsqueeze(1)), s_kji)   # [J K_out, B, K_in]
+    r = torch.bmm(s_pad.view(j_atoms, k_out * b, k_in), x_pad).view(j_atoms * k_out, b, -1)
+    return (r * weight.t().unsqueeze(0)).sum(1).index_select(0, part.pad_edge_row)
 
 
 @dataclass
@@ -65,7 +87,8 @@ class EmbeddingBlock(nn.Module):
 
     def forward(self, z: Tensor, rbf: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
         h = self.emb(z - 1)
-        return self.act(self.lin(torch.cat([h[tgt], h[src], self.act(self.lin_rbf(rbf))], dim=-1)))
+        return self.act(self.lin(torch.cat([h.index_select(0, tgt), h.index_select(0, src),
+                                            self.act(self.lin_rbf(rbf))], dim=-1)))
 
 
 class InteractionPPBlock(nn.Module):
@@ -84,13 +107,14 @@ class InteractionPPBlock(nn.Module):
         self.after_skip = nn.ModuleList(ResidualLayer(h, act) for _ in range(cfg.num_after_skip))
         self.act = act
 
-    def forward(self, m: Tensor, rbf: Tensor, sbf: Tensor, part: GraphPartition, group) -> Tensor:
+    def forward(self, m: Tensor, rbf: Tensor, sbf_down: Tensor, part: GraphPartition, group) -> Tensor:
+        """``sbf_down`` [T_local, basis_emb]: this block's ``lin_sbf1`` of the spherical basis (computed
+        for all blocks in one matmul by :class:`DimeNetPP`)."""
         x_ji = self.act(self.lin_ji(m))
         x_kj = self.act(self.lin_kj(m)) * self.lin_rbf2(self.lin_rbf1(rbf))
         x_kj = self.act(self.lin_down(x_kj))                                # [E_local, int_emb]
         x_kj = gather(x_kj, part.edge_sizes, group)                          # [E, int_emb]: all edges
-        x_kj = x_kj[part.id_kj] * self.lin_sbf2(self.lin_sbf1(sbf))          # [T_local, int_emb]
-        x_kj = scatter_sum(x_kj, part.id_ji_local, part.num_local_edges)
+        x_kj = triplet_sum(x_kj, sbf_down, self.lin_sbf2.weight, part)       # [E_local, int_emb]
         h = x_ji + self.act(self.lin_up(x_kj))
         for layer in self.before_skip:
             h = layer(h)
@@ -141,18 +165,28 @@ class DimeNetPP(nn.Module):
 
     def forward(self, pos: Tensor, batch: S2EFBatch, part: GraphPartition, group=None):
         """Per-structure energy summed over this rank's atoms, [B]; no direct forces."""
-        vec, dist = edge_vectors(pos, batch)
         local = part.edges
         src, tgt = batch.edge_index[:, local]
-        rbf = self.rbf(dist[local])                                           # [E_local, R]
-        # radial part per edge (all edges: far fewer than triplets), then read at each triplet's k->j
-        cos = triplet_cosines(vec.detach(), dist.detach(), part) if self.cfg.detach_angles else \
-            triplet_cosines(vec, dist, part)
-        sbf = self.sbf(self.sbf.radial(dist)[part.id_kj], cos)
+        vec, dist = edge_vectors(pos, batch, local)                           # [E_local, 3], [E_local]
+        if part.kj_edges is None:                                             # one rank: all edges are local
+            vec_kj, dist_kj, id_kj = vec, dist, part.id_kj
+        else:                                                                 # the incoming edges triplets read
+            (vec_kj, dist_kj), id_kj = edge_vectors(pos, batch, part.kj_edges), part.id_kj_compact
+        rbf = self.rbf(dist)                                                  # [E_local, R]
+        # radial part per edge (far fewer than triplets), then read at each triplet's k->j
+        geometry = (vec, dist, vec_kj, dist_kj)
+        if self.cfg.detach_angles:
+            geometry = tuple(t.detach() for t in geometry)
+        cos = triplet_cosines(*geometry, part.id_ji_local, id_kj)
+        sbf = self.sbf(self.sbf.radial(dist_kj).index_select(0, id_kj), cos)                  # [T_local, L * R]
+        # every block's lin_sbf1 in one matmul: the [T, L * R] basis is read once, and its gradient
+        # comes from one matmul instead of one per block plus their sum
+        w1 = torch.cat([block.lin_sbf1.weight for block in self.interactions])
+        sbf_down = (sbf @ w1.t()).split(self.cfg.basis_emb_size, dim=1)
         tgt_local = tgt - part.atom_start
         m = self.embedding(batch.atomic_numbers, rbf, src, tgt)
         atom_energy = self.outputs[0](m, rbf, tgt_local, part.num_local_atoms)
-        for interaction, output in zip(self.interactions, self.outputs[1:]):
-            m = interaction(m, rbf, sbf, part, group)
+        for interaction, output, s in zip(self.interactions, self.outputs[1:], sbf_down):
+            m = interaction(m, rbf, s, part, group)
             atom_energy = atom_energy + output(m, rbf, tgt_local, part.num_local_atoms)
         return scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures), None

@@ -307,7 +307,7 @@ class GemNetT(nn.Module):
         unit = vec / dist.unsqueeze(-1)
         cos = (unit.index_select(0, part.id3_ba_local) * unit.index_select(0, part.id3_ca_local)).sum(-1)
         sph_t = real_sph_harm_m0(cos, self.cfg.num_spherical)              # [T_local, S]
-        kmax = int(part.id3_ragged.max()) + 1 if part.id3_ragged.numel() else 1
+        kmax = part.kmax                                                   # computed on the CPU by partition_graph
         sph = sph_t.new_zeros(part.num_local_edges, kmax, self.cfg.num_spherical)
         sph = sph.index_put((part.id3_ca_local, part.id3_ragged), sph_t).transpose(1, 2)   # [E, S, K]
         rbf_w = torch.einsum("er,srk->eks", self.radial_cbf(dist), self.mlp_cbf3)          # [E, cbf, S]

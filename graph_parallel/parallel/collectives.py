@@ -17,10 +17,16 @@ differentiated again. Parameters are replicated, so each rank's parameter gradie
 the total; see :func:`graph_parallel.parallel.sync_gradients` for the scale. ``sizes`` lists the
 chunk length of every rank (uneven and zero-length chunks are fine). With no group or a group of
 one rank every function is the identity.
+
+Backend choices (:func:`comm_plan`, decided from the group's backend name): on gloo, float16 and
+bfloat16 travel as float32 (gloo reduces them poorly) and ``reduce_scatter`` is an all-reduce
+followed by the own slice (gloo has no reduce-scatter); on any other backend (NCCL) tensors travel
+in their own dtype and ``reduce_scatter`` is the native one (``reduce_scatter_single``, formerly
+``reduce_scatter_tensor``) over chunks padded to the largest one.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -35,9 +41,19 @@ def _rank(group) -> int:
     return 0 if group is None or not dist.is_initialized() else dist.get_rank(group)
 
 
-def _comm(x: Tensor) -> Tensor:
-    # gloo reduces float16/bfloat16 poorly; communicate them as float32
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+def comm_plan(backend: str, dtype: torch.dtype) -> Tuple[torch.dtype, bool]:
+    """(dtype to communicate ``dtype`` in, whether to use the native reduce-scatter) on ``backend``."""
+    gloo = str(backend).lower() == "gloo"
+    upcast = gloo and dtype in (torch.float16, torch.bfloat16)
+    return (torch.float32 if upcast else dtype), not gloo
+
+
+def _backend(group) -> str:
+    return dist.get_backend(group)
+
+
+def _comm(x: Tensor, group) -> Tensor:
+    return x.to(comm_plan(_backend(group), x.dtype)[0])
 
 
 def _check_sizes(x: Tensor, sizes: Sequence[int], group, local: bool) -> None:
@@ -50,17 +66,35 @@ def _check_sizes(x: Tensor, sizes: Sequence[int], group, local: bool) -> None:
 
 def _all_gather(x: Tensor, sizes: Sequence[int], group) -> Tensor:
     width = max(sizes)
-    buf = _comm(x).new_zeros((width, *x.shape[1:]))
-    buf[: x.shape[0]] = _comm(x)
+    c = _comm(x, group)
+    buf = c.new_zeros((width, *x.shape[1:]))
+    buf[: x.shape[0]] = c
     parts = [torch.empty_like(buf) for _ in sizes]
     dist.all_gather(parts, buf.contiguous(), group=group)
     return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(x.dtype)
 
 
 def _all_reduce(x: Tensor, group) -> Tensor:
-    out = _comm(x).clone().contiguous()
+    out = _comm(x, group).clone().contiguous()
     dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out.to(x.dtype)
+
+
+def _reduce_scatter(x: Tensor, sizes: Sequence[int], group) -> Tensor:
+    dtype, native = comm_plan(_backend(group), x.dtype)
+    if not native:
+        # gloo has no reduce_scatter: all-reduce, then keep the own chunk
+        return _all_reduce(x, group)[_own_slice(sizes, group)].contiguous()
+    width = max(sizes)
+    padded = x.new_zeros((len(sizes), width, *x.shape[1:]), dtype=dtype)
+    start = 0
+    for r, n in enumerate(sizes):
+        padded[r, :n] = x[start: start + n]
+        start += n
+    out = padded.new_empty((width, *x.shape[1:]))
+    native_op = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor   # renamed in torch 2.1x
+    native_op(out, padded.reshape(len(sizes) * width, *x.shape[1:]), op=dist.ReduceOp.SUM, group=group)
+    return out[: sizes[_rank(group)]].to(x.dtype)
 
 
 def _own_slice(sizes: Sequence[int], group) -> slice:
@@ -84,8 +118,7 @@ class _ReduceScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, sizes, group):
         ctx.sizes, ctx.group = sizes, group
-        # gloo has no reduce_scatter: all-reduce, then keep the own chunk
-        return _all_reduce(x, group)[_own_slice(sizes, group)].contiguous()
+        return _reduce_scatter(x, sizes, group)
 
     @staticmethod
     def backward(ctx, grad):

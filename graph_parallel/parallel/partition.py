@@ -5,6 +5,11 @@ Edges are sorted by target atom, so the edges a rank owns -- those whose target 
 form a contiguous chunk too, and all-gathering the ranks' edge chunks in rank order yields the
 global edge order. A rank owns the triplets k->j->i of its edges j->i; their incoming edge k->j
 may live on any rank and is read from the all-gathered edge tensor.
+
+DimeNet++'s triplet sum also gets a padded per-atom layout (:func:`incoming_layout`): every triplet
+(k->j, j->i) is a cell (j, slot of j->i among j's outgoing local edges, slot of k->j among j's
+incoming edges), so the sum over k becomes one batched matmul per atom j instead of
+[triplets, channels] gathers, products and scatters.
 """
 from __future__ import annotations
 
@@ -92,6 +97,42 @@ def reverse_edges(edge_index: Tensor, cell_offsets: Tensor, edges: Tensor) -> Te
     return order[pos]
 
 
+def incoming_layout(edge_index: Tensor, num_atoms: int, edges: Tensor, id_kj: Tensor, id_ji: Tensor):
+    """Padded per-atom layout of DimeNet triplets (k->j, j->i) of the given (contiguous) edges j->i.
+
+    Returns ``(x_index, tri_row, tri_col, edge_row, shape)`` with ``shape = (J, K_out, K_in)``:
+    ``x_index`` [J, K_in] global index of the k-th incoming edge of the j-th atom (J atoms: the
+    sources of ``edges``; padding points at row ``E``, one past the last edge); ``tri_row`` [T]
+    row ``j * K_out + slot of j->i`` and ``tri_col`` [T] slot of k->j of each triplet;
+    ``edge_row`` [E_r] row of each given edge.
+    """
+    src, tgt = edge_index
+    num_edges = tgt.numel()
+    counts = torch.bincount(tgt, minlength=num_atoms)
+    ptr = torch.cumsum(counts, 0) - counts
+    src_r = src[edges]
+    atoms, j_of_edge = torch.unique(src_r, return_inverse=True)                  # J atoms
+    k_in = max(int(counts[atoms].max()) if atoms.numel() else 1, 1)
+    slot = torch.arange(k_in)
+    x_index = torch.where(slot < counts[atoms].unsqueeze(1), ptr[atoms].unsqueeze(1) + slot,
+                          torch.full((), num_edges, dtype=torch.long))
+    order = torch.argsort(j_of_edge, stable=True)
+    out_counts = torch.bincount(j_of_edge, minlength=atoms.numel())
+    k_out = max(int(out_counts.max()) if out_counts.numel() else 1, 1)
+    out_slot = torch.empty_like(j_of_edge)
+    out_slot[order] = torch.arange(order.numel()) - torch.repeat_interleave(torch.cumsum(out_counts, 0) - out_counts,
+                                                                           out_counts)
+    edge_row = j_of_edge * k_out + out_slot
+    first = int(edges[0]) if edges.numel() else 0
+    tri_row = edge_row[id_ji - first]
+    tri_col = id_kj - ptr[tgt[id_kj]]
+    return x_index, tri_row, tri_col, edge_row, (int(atoms.numel()), k_out, k_in)
+
+
+INDEX_TENSORS = ("id_kj", "id_ji_local", "id3_ba_local", "id3_ca_local", "id3_ragged", "id_swap", "pad_x_index",
+                 "pad_tri_row", "pad_tri_col", "pad_edge_row", "kj_edges", "id_kj_compact")
+
+
 @dataclass
 class GraphPartition:
     """What one graph-parallel rank computes. Edge indices are global unless named ``*_local``."""
@@ -111,6 +152,15 @@ class GraphPartition:
     id3_ca_local: Tensor = None
     id3_ragged: Tensor = None
     id_swap: Tensor = None     # [E_r] global index of each local edge's reverse
+    kmax: int = 1              # 1 + max of id3_ragged (a Python int: no device->host read per step)
+    # DimeNet++ padded triplet layout (incoming_layout) and the incoming edges its triplets read
+    pad_x_index: Tensor = None  # [J, K_in]
+    pad_tri_row: Tensor = None  # [T_r]
+    pad_tri_col: Tensor = None  # [T_r]
+    pad_edge_row: Tensor = None  # [E_r]
+    pad_shape: tuple = (0, 1, 1)
+    kj_edges: Tensor = None     # [U] global indices of the edges k->j read by local triplets (gp > 1 only)
+    id_kj_compact: Tensor = None  # [T_r] index of each triplet's k->j in kj_edges (gp > 1 only)
 
     @property
     def atoms(self) -> slice:
@@ -129,7 +179,7 @@ class GraphPartition:
         return self.edge_end - self.edge_start
 
     def to(self, device) -> "GraphPartition":
-        for name in ("id_kj", "id_ji_local", "id3_ba_local", "id3_ca_local", "id3_ragged", "id_swap"):
+        for name in INDEX_TENSORS:
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name).to(device))
         return self
@@ -162,8 +212,13 @@ def partition_graph(edge_index: Tensor, cell_offsets: Tensor, num_atoms: int, ra
     if triplets == "incoming":
         id_kj, id_ji = incoming_triplets(edge_index, cell_offsets, num_atoms, local)
         part.id_kj, part.id_ji_local = id_kj, id_ji - e0
+        (part.pad_x_index, part.pad_tri_row, part.pad_tri_col, part.pad_edge_row,
+         part.pad_shape) = incoming_layout(edge_index, num_atoms, local, id_kj, id_ji)
+        if size > 1:
+            part.kj_edges, part.id_kj_compact = torch.unique(id_kj, return_inverse=True)
     else:
         id_ba, id_ca, ragged = shared_target_triplets(edge_index, num_atoms, local)
         part.id3_ba_local, part.id3_ca_local, part.id3_ragged = id_ba - e0, id_ca - e0, ragged
+        part.kmax = int(ragged.max()) + 1 if ragged.numel() else 1
         part.id_swap = reverse_edges(edge_index, cell_offsets, local)
     return part
