@@ -191,10 +191,11 @@ class EdgeEmbedding(nn.Module):
     def forward(self, h: Tensor, e: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
         # W [h_c, h_a, e] = (h W_c)[c] + (h W_a)[a] + W_e e: the atom parts are projected per atom
         # (A rows) and then gathered, instead of multiplying [E, 2 * atom] gathered copies
-        w, a = self.dense.linear.weight, h.shape[1]
-        x = torch.nn.functional.linear(h, w[:, :a]).index_select(0, src)
-        x = x + torch.nn.functional.linear(h, w[:, a:2 * a]).index_select(0, tgt)
-        x = torch.addmm(x, e, w[:, 2 * a:].t())
+        w = self.dense.linear.weight
+        w_c, w_a, w_e = w.split([h.shape[1], h.shape[1], e.shape[1]], dim=1)   # backward: one cat
+        x = torch.nn.functional.linear(h, w_c).index_select(0, src)
+        x = x + torch.nn.functional.linear(h, w_a).index_select(0, tgt)
+        x = torch.addmm(x, e, w_e.t())
         if self.dense.linear.bias is not None:
             x = x + self.dense.linear.bias
         return self.dense.act(x)
