@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from graph_parallel.parallel import all_reduce, even_split, gather, incoming_triplets, partition_graph, reduce_scatter, split
+from graph_parallel.parallel import all_reduce, even_split, gather, partition_graph, reduce_scatter, split
 from runtime.testing import run_distributed
 
 

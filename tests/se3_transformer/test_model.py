@@ -7,7 +7,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from se3_transformer.model import Fiber, FuseLevel, SE3Transformer, SE3TransformerPooled, compute_basis, get_basis
+from se3_transformer.model import Fiber, FuseLevel, SE3TransformerPooled, compute_basis, get_basis
 from se3_transformer.model.basis import fuse_basis
 from se3_transformer.model.layers import ConvSE3
 from tests.se3_transformer.helpers import moved, random_batch, wigner_d
