@@ -21,16 +21,15 @@ revisions with :mod:`runtime.compare` measures model code only.
 ``--profile`` prints torch.profiler tables (ops, and the model's modules by class) instead.
 """
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 
 # The repository of this file, searched after PYTHONPATH: runtime.compare points PYTHONPATH at the
 # tree under test, which then wins; run directly, this checkout is measured.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # scripts/: the shared harness
+import bench_harness as harness  # noqa: E402
 
 PHASES = ("train", "inference")
 
@@ -51,16 +50,6 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables instead of the BENCH line")
     p.add_argument("--profile_rows", type=int, default=15, help="rows per profiler table")
     return p.parse_args(argv)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def peak_rss_mb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def build(args):
@@ -105,38 +94,18 @@ def step_fn(args, model, batch, part, phase: str):
     return train
 
 
-def timed(step, warmup: int, steps: int):
-    """Wall and CPU seconds of each of ``steps`` calls after ``warmup`` untimed ones, and the RSS before."""
-    before = rss_mb()
-    wall, cpu = [], []
-    for i in range(warmup + steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if i >= warmup:
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-    return wall, cpu, before
-
-
-def percentile(values, q: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def run_phase(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
     model, batch, part, part_s = build(args)
     step = step_fn(args, model, batch, part, args.phase)
-    wall, cpu, before = timed(step, args.warmup, args.steps)
-    peak = peak_rss_mb()
-    p, med = args.phase, statistics.median(wall)
+    wall, cpu, before = harness.timed(lambda i: step(), args.warmup, args.steps)
+    peak = harness.peak_rss_mb()
+    p, med = args.phase, harness.median(wall)
     import graph_parallel
     return {"source": os.path.dirname(os.path.abspath(graph_parallel.__file__)),
             f"{p}_throughput": args.batch_size / med, f"{p}_latency_ms": med * 1e3,
-            f"{p}_latency_p90": percentile(wall, 0.9) * 1e3, f"{p}_cpu_ms": statistics.median(cpu) * 1e3,
+            f"{p}_latency_p90": harness.percentile(wall, 0.9) * 1e3, f"{p}_cpu_ms": harness.median(cpu) * 1e3,
             f"{p}_peak_memory_mb": peak, f"{p}_memory_growth_mb": peak - before,
             "partition_ms": part_s * 1e3, "edges": int(batch.edge_index.shape[1]),
             "triplets": int(len(part.id_kj) if part.id_kj is not None else len(part.id3_ca_local))}
@@ -145,71 +114,23 @@ def run_phase(args) -> dict:
 def profile_phase(args) -> None:
     """torch.profiler over ``--steps`` steps: top ops by self time, then the model's modules by class."""
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
 
     torch.set_num_threads(args.threads)
     model, batch, part, part_s = build(args)
-    seen = set()
-    for module in model.modules():
-        cls = type(module)
-        if cls in seen or not cls.__module__.startswith("graph_parallel"):
-            continue
-        seen.add(cls)
-        method = cls.forward
-
-        def wrapper(self, *a, _m=method, _n=cls.__name__, **k):
-            with record_function(f"## {_n}.forward"):
-                return _m(self, *a, **k)
-        cls.forward = wrapper
+    for cls in {type(m) for m in model.modules() if type(m).__module__.startswith("graph_parallel")}:
+        harness.label(cls, "forward", f"{cls.__name__}.forward")
     step = step_fn(args, model, batch, part, args.phase)
-    for _ in range(args.warmup):
-        step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        wall = (time.perf_counter() - t0) / args.steps
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
+    prof, wall = harness.profile_steps(lambda i: step(), args.warmup, args.steps)
     print(f"### {args.model}/{args.preset} {args.phase}, batch {args.batch_size}: {wall * 1e3:.1f} ms per step "
           f"under the profiler ({args.steps} steps); partition (triplets) {part_s * 1e3:.1f} ms; "
           f"{batch.edge_index.shape[1]} edges")
-    ops = sorted((e for e in events if not e.key.startswith("## ")), key=lambda e: -e.self_cpu_time_total)
-    print("| op | self CPU share | self ms/step | calls/step |\n|---|---|---|---|")
-    for e in ops[:args.profile_rows]:
-        print(f"| `{e.key}` | {100 * e.self_cpu_time_total / total:.1f} % | "
-              f"{e.self_cpu_time_total / 1e3 / args.steps:.1f} | {e.count // args.steps} |")
-    mods = sorted((e for e in events if e.key.startswith("## ")), key=lambda e: -e.cpu_time_total)
-    print("\n| module forward (incl. children; backward not included) | CPU share | ms/step | calls/step |\n"
-          "|---|---|---|---|")
-    for e in mods[:args.profile_rows]:
-        print(f"| `{e.key[3:]}` | {100 * e.cpu_time_total / total:.1f} % | "
-              f"{e.cpu_time_total / 1e3 / args.steps:.1f} | {e.count // args.steps} |")
+    harness.print_profile(prof, args.steps, args.profile_rows,
+                          "module forward (incl. children; backward not included) | CPU share | ms/step | calls/step",
+                          digits=1)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    if args.phase != "both":
-        if args.profile:
-            profile_phase(args)
-        else:
-            print("BENCH " + json.dumps(run_phase(args)), flush=True)
-        return 0
-    # both phases, each in its own process so each peak memory is its own
-    figures = {}
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for phase in PHASES:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--phase", phase],
-                             stdout=subprocess.PIPE, text=True, check=True).stdout
-        if args.profile:
-            print(out, flush=True)
-            continue
-        lines = [line for line in out.splitlines() if line.startswith("BENCH ")]
-        figures.update(json.loads(lines[-1][len("BENCH "):]))
-    if not args.profile:
-        print("BENCH " + json.dumps(figures), flush=True)
-    return 0
+    return harness.main(__file__, parse_args(argv), argv, PHASES, run_phase, profile_phase)
 
 
 if __name__ == "__main__":

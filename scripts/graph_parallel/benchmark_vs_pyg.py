@@ -30,6 +30,8 @@ import sys
 import time
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # scripts/: the shared harness
+import bench_harness as harness  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,11 +54,6 @@ def _hwm_mb() -> float:
             if line.startswith("VmHWM"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def _reset_hwm() -> None:
@@ -151,13 +148,6 @@ def steps(args, batch, part, ours, pyg, phase):
     return out
 
 
-def percentile(values, q):
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def run(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
@@ -180,7 +170,7 @@ def run(args) -> dict:
         for r in range(args.warmup + args.rounds):
             for name in (("ours", "pyg") if r % 2 == 0 else ("pyg", "ours")):
                 _reset_hwm()
-                before = _rss_mb()
+                before = harness.rss_mb()
                 t0, c0 = time.perf_counter(), time.process_time()
                 fns[name]()
                 w, c = time.perf_counter() - t0, time.process_time() - c0
@@ -193,8 +183,8 @@ def run(args) -> dict:
             med = statistics.median(wall[name])
             figures.update({f"{name}_{phase}_throughput": args.batch_size / med,
                             f"{name}_{phase}_latency_p50": med * 1e3,
-                            f"{name}_{phase}_latency_p90": percentile(wall[name], 0.9) * 1e3,
-                            f"{name}_{phase}_latency_p99": percentile(wall[name], 0.99) * 1e3,
+                            f"{name}_{phase}_latency_p90": harness.percentile(wall[name], 0.9) * 1e3,
+                            f"{name}_{phase}_latency_p99": harness.percentile(wall[name], 0.99) * 1e3,
                             f"{name}_{phase}_cpu_ms": statistics.median(cpu[name]) * 1e3,
                             f"{name}_{phase}_peak_memory_mb": peak[name],
                             f"{name}_{phase}_memory_growth_mb": growth[name]})

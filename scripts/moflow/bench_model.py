@@ -21,15 +21,14 @@ or, without one, random one-hot graphs of the preset's shape (timing does not de
 ``--profile`` prints torch.profiler tables (ops, and the model's layers by class) instead.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 
 # The repository of this file, searched after PYTHONPATH: runtime.compare points PYTHONPATH at the
 # tree under test, which then wins; run directly, this checkout is measured.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # scripts/: the shared harness
+import bench_harness as harness  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,16 +48,6 @@ def parse_args(argv=None):
                    help="print torch.profiler tables for the phase(s) instead of the BENCH line")
     p.add_argument("--profile_rows", type=int, default=15, help="rows per profiler table")
     return p.parse_args(argv)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def peak_rss_mb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def molecules(args, config, n: int):
@@ -129,36 +118,20 @@ def reverse_fn(args, model):
     return step
 
 
-def timed(step, warmup: int, steps: int):
-    """Median wall and CPU seconds per call over ``steps`` calls after ``warmup`` untimed ones, and the
-    RSS before warm-up. CPU time (this process, all its threads) is less disturbed than wall time by
-    other jobs on a shared machine; with one thread it is the work itself."""
-    import statistics
-    before = rss_mb()
-    wall, cpu = [], []
-    for i in range(warmup + steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if i >= warmup:
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu), before
-
-
 def run_phase(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
     model, x, adj = build(args)
     if args.phase == "train":
         step = train_step_fn(args, model)
-        seconds, cpu, before = timed(lambda: step(x, adj), args.warmup, args.steps)
+        wall, cpu, before = harness.timed(lambda i: step(x, adj), args.warmup, args.steps)
         batch = args.batch_size
     else:
         step = reverse_fn(args, model)
-        seconds, cpu, before = timed(step, args.warmup, args.steps)
+        wall, cpu, before = harness.timed(lambda i: step(), args.warmup, args.steps)
         batch = args.reverse_batch_size
-    peak = peak_rss_mb()
-    p = args.phase
+    peak = harness.peak_rss_mb()
+    p, seconds, cpu = args.phase, harness.median(wall), harness.median(cpu)
     import moflow
     return {"source": os.path.dirname(os.path.abspath(moflow.__file__)),
             f"{p}_throughput": batch / seconds, f"{p}_latency_ms": seconds * 1e3,
@@ -169,80 +142,37 @@ def run_phase(args) -> dict:
 def profile_phase(args) -> None:
     """torch.profiler over ``--steps`` steps: top ops by self time, then the model's layer classes."""
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
 
     import moflow.model.glow as glow
     import moflow.model.layers as layers
-
-    def labelled(cls, name):
-        method = getattr(cls, name)
-
-        def wrapper(self, *a, **k):
-            with record_function(f"## {cls.__name__}.{name}"):
-                return method(self, *a, **k)
-        setattr(cls, name, wrapper)
 
     for mod in (layers, glow):
         for obj in vars(mod).values():
             if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__ == mod.__name__:
                 for name in ("forward", "reverse"):
                     if name in vars(obj):
-                        labelled(obj, name)
+                        harness.label(obj, name, f"{obj.__name__}.{name}")
     torch.set_num_threads(args.threads)
     model, x, adj = build(args)
     if args.phase == "train":
         train_step = train_step_fn(args, model)
 
-        def step():
+        def step(i):
             return train_step(x, adj)
     else:
-        step = reverse_fn(args, model)
-    for _ in range(args.warmup):
-        step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        wall = (time.perf_counter() - t0) / args.steps
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
+        reverse = reverse_fn(args, model)
+
+        def step(i):
+            return reverse()
+    prof, wall = harness.profile_steps(step, args.warmup, args.steps)
     print(f"### {args.preset} {args.phase}: {wall * 1e3:.1f} ms per step under the profiler "
           f"({args.steps} steps, {args.threads} thread(s))")
-    ops = sorted((e for e in events if not e.key.startswith("## ")), key=lambda e: -e.self_cpu_time_total)
-    print("| op | self CPU share | self ms/step | calls/step |\n|---|---|---|---|")
-    for e in ops[:args.profile_rows]:
-        print(f"| `{e.key}` | {100 * e.self_cpu_time_total / total:.1f} % | "
-              f"{e.self_cpu_time_total / 1e3 / args.steps:.2f} | {e.count // args.steps} |")
-    mods = sorted((e for e in events if e.key.startswith("## ")), key=lambda e: -e.cpu_time_total)
-    print("\n| layer method | total CPU share (incl. children) | ms/step | calls/step |\n|---|---|---|---|")
-    for e in mods[:args.profile_rows]:
-        print(f"| `{e.key[3:]}` | {100 * e.cpu_time_total / total:.1f} % | "
-              f"{e.cpu_time_total / 1e3 / args.steps:.2f} | {e.count // args.steps} |")
+    harness.print_profile(prof, args.steps, args.profile_rows,
+                          "layer method | total CPU share (incl. children) | ms/step | calls/step")
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    if args.phase != "both":
-        if args.profile:
-            profile_phase(args)
-        else:
-            print("BENCH " + json.dumps(run_phase(args)), flush=True)
-        return 0
-    # both phases, each in its own process so each peak memory is its own
-    figures = {}
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for phase in ("train", "reverse"):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--phase", phase],
-                             stdout=subprocess.PIPE, text=True, check=True).stdout
-        if args.profile:
-            print(out, flush=True)
-            continue
-        lines = [line for line in out.splitlines() if line.startswith("BENCH ")]
-        figures.update(json.loads(lines[-1][len("BENCH "):]))
-    if not args.profile:
-        print("BENCH " + json.dumps(figures), flush=True)
-    return 0
+    return harness.main(__file__, parse_args(argv), argv, ("train", "reverse"), run_phase, profile_phase)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,14 @@ since; both are accepted. Architecture presets are spelled out here (11b8e8f had
 ``--profile`` prints torch.profiler tables (ops, and the model's layers by class) instead.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 
 # The repository of this file, searched after PYTHONPATH: runtime.compare points PYTHONPATH at the
 # tree under test, which then wins; run directly, this checkout is measured.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # scripts/: the shared harness
+import bench_harness as harness  # noqa: E402
 
 PRESETS = {  # NVIDIA's QM9 model and the CPU-sized one (same values as se3_transformer.engine.PRESETS)
     "nvidia": dict(num_layers=7, num_heads=8, channels_div=2, num_degrees=4, num_channels=32, pooling="max",
@@ -60,16 +59,6 @@ def parse_args(argv=None):
                    help="print torch.profiler tables for the phase(s) instead of the BENCH line")
     p.add_argument("--profile_rows", type=int, default=15, help="rows per profiler table")
     return p.parse_args(argv)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def peak_rss_mb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def build(args):
@@ -122,29 +111,13 @@ def build(args):
     return step, batch_size
 
 
-def timed(step, warmup: int, steps: int):
-    """Median wall and CPU seconds per call over ``steps`` calls after ``warmup`` untimed ones, and the
-    RSS before warm-up. CPU time (this process, all its threads) is less disturbed than wall time by
-    other jobs on a shared machine; with one thread it is the work itself."""
-    import statistics
-    before = rss_mb()
-    wall, cpu = [], []
-    for i in range(warmup + steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step(i)
-        if i >= warmup:
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu), before
-
-
 def run_phase(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
     step, batch = build(args)
-    seconds, cpu, before = timed(step, args.warmup, args.steps)
-    peak = peak_rss_mb()
-    p = args.phase
+    wall, cpu, before = harness.timed(step, args.warmup, args.steps)
+    peak = harness.peak_rss_mb()
+    p, seconds, cpu = args.phase, harness.median(wall), harness.median(cpu)
     import se3_transformer
     return {"source": os.path.dirname(os.path.abspath(se3_transformer.__file__)),
             f"{p}_throughput": batch / seconds, f"{p}_latency_ms": seconds * 1e3,
@@ -155,7 +128,6 @@ def run_phase(args) -> dict:
 def profile_phase(args) -> None:
     """torch.profiler over ``--steps`` steps: top ops by self time, then the model's layer classes."""
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
 
     import se3_transformer.model.basis as basis
     import se3_transformer.model.layers.attention as attention
@@ -164,71 +136,25 @@ def profile_phase(args) -> None:
     import se3_transformer.model.layers.norm as norm
     import se3_transformer.model.layers.pooling as pooling
 
-    def labelled(owner, name, label):
-        fn = getattr(owner, name)
-
-        def wrapper(*a, **k):
-            with record_function(f"## {label}"):
-                return fn(*a, **k)
-        setattr(owner, name, wrapper)
-
     for mod in (attention, convolution, linear, norm, pooling):
         for obj in list(vars(mod).values()):
             if isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__ == mod.__name__:
                 if "forward" in vars(obj):
-                    labelled(obj, "forward", f"{obj.__name__}.forward")
+                    harness.label(obj, "forward", f"{obj.__name__}.forward")
     for name in ("compute_basis", "fuse_basis", "get_basis"):
         if hasattr(basis, name):
-            labelled(basis, name, f"basis.{name}")
+            harness.label(basis, name, f"basis.{name}")
     torch.set_num_threads(args.threads)
     step, _ = build(args)
-    for i in range(args.warmup):
-        step(i)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for i in range(args.steps):
-            step(args.warmup + i)
-        wall = (time.perf_counter() - t0) / args.steps
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
+    prof, wall = harness.profile_steps(step, args.warmup, args.steps)
     print(f"### {args.preset} {args.phase}: {wall * 1e3:.1f} ms per step under the profiler "
           f"({args.steps} steps, {args.threads} thread(s))")
-    ops = sorted((e for e in events if not e.key.startswith("## ")), key=lambda e: -e.self_cpu_time_total)
-    print("| op | self CPU share | self ms/step | calls/step |\n|---|---|---|---|")
-    for e in ops[:args.profile_rows]:
-        print(f"| `{e.key}` | {100 * e.self_cpu_time_total / total:.1f} % | "
-              f"{e.self_cpu_time_total / 1e3 / args.steps:.2f} | {e.count // args.steps} |")
-    mods = sorted((e for e in events if e.key.startswith("## ")), key=lambda e: -e.cpu_time_total)
-    print("\n| layer / function (forward only) | total CPU share (incl. children) | ms/step | calls/step |\n"
-          "|---|---|---|---|")
-    for e in mods[:args.profile_rows]:
-        print(f"| `{e.key[3:]}` | {100 * e.cpu_time_total / total:.1f} % | "
-              f"{e.cpu_time_total / 1e3 / args.steps:.2f} | {e.count // args.steps} |")
+    harness.print_profile(prof, args.steps, args.profile_rows,
+                          "layer / function (forward only) | total CPU share (incl. children) | ms/step | calls/step")
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    if args.phase != "both":
-        if args.profile:
-            profile_phase(args)
-        else:
-            print("BENCH " + json.dumps(run_phase(args)), flush=True)
-        return 0
-    # both phases, each in its own process so each peak memory is its own
-    figures = {}
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for phase in ("train", "inference"):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--phase", phase],
-                             stdout=subprocess.PIPE, text=True, check=True).stdout
-        if args.profile:
-            print(out, flush=True)
-            continue
-        lines = [line for line in out.splitlines() if line.startswith("BENCH ")]
-        figures.update(json.loads(lines[-1][len("BENCH "):]))
-    if not args.profile:
-        print("BENCH " + json.dumps(figures), flush=True)
-    return 0
+    return harness.main(__file__, parse_args(argv), argv, ("train", "inference"), run_phase, profile_phase)
 
 
 if __name__ == "__main__":
