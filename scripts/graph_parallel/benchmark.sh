@@ -12,27 +12,18 @@ source "$(dirname "$0")/../env.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 MODEL="${MODEL:-dimenetpp}"
 PRESET="${PRESET:-base}"
-BASELINE="${BASELINE:-}"
-EXTRA=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --baseline) BASELINE="$2"; shift 2 ;;
-        --baseline=*) BASELINE="${1#--baseline=}"; shift ;;
-        *) EXTRA+=("$1"); shift ;;
-    esac
-done
+take_baseline "$@"
 if [ -n "$BASELINE" ]; then
-    python -m runtime.compare --baseline "$BASELINE" --rounds "${ROUNDS:-3}" ${COMPARE_JSON:+--json "$COMPARE_JSON"} -- \
-        python "$MOLRECIPES_ROOT/scripts/graph_parallel/bench_model.py" --model "$MODEL" --preset "$PRESET" \
-        --batch_size "${BATCH_SIZE:-8}" --warmup "${WARMUP:-2}" --steps "${STEPS:-5}" ${EXTRA[@]+"${EXTRA[@]}"}
+    compare_baseline 3 python "$MOLRECIPES_ROOT/scripts/graph_parallel/bench_model.py" --model "$MODEL" --preset "$PRESET" \
+        --batch_size "${BATCH_SIZE:-8}" --warmup "${WARMUP:-2}" --steps "${STEPS:-5}" ${ARGS[@]+"${ARGS[@]}"}
     exit 0
 fi
 COMMON=(--model "$MODEL" --preset "$PRESET" --batch_size "${BATCH_SIZE:-4}" --benchmark --silent
         --benchmark_warmup "${WARMUP:-3}" --benchmark_steps "${STEPS:-10}" --ema_decay 0)
 echo "=== $MODEL/$PRESET gp_size=1 (1 process) ==="
-python -m graph_parallel.train "${COMMON[@]}" --gp_size 1 --log_dir "/tmp/gp_bench_${MODEL}_gp1" ${EXTRA[@]+"${EXTRA[@]}"} | grep BENCHMARK
+python -m graph_parallel.train "${COMMON[@]}" --gp_size 1 --log_dir "/tmp/gp_bench_${MODEL}_gp1" ${ARGS[@]+"${ARGS[@]}"} | grep BENCHMARK
 echo "=== $MODEL/$PRESET gp_size=2 (2 processes) ==="
 torchrun --standalone --nproc_per_node 2 -m graph_parallel.train "${COMMON[@]}" --gp_size 2 \
-    --log_dir "/tmp/gp_bench_${MODEL}_gp2" ${EXTRA[@]+"${EXTRA[@]}"} | grep BENCHMARK
+    --log_dir "/tmp/gp_bench_${MODEL}_gp2" ${ARGS[@]+"${ARGS[@]}"} | grep BENCHMARK
 echo "=== parameter counts ==="
 python -m graph_parallel.param_counts

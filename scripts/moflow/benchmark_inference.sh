@@ -10,23 +10,15 @@
 #   bash scripts/moflow/benchmark_inference.sh --baseline 11b8e8f
 set -euo pipefail
 source "$(dirname "$0")/../env.sh"
-BASELINE="${BASELINE:-}"
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --baseline) BASELINE="$2"; shift 2 ;;
-        --baseline=*) BASELINE="${1#*=}"; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
+take_baseline "$@"
 if [ -n "$BASELINE" ]; then
     PRESET="${PRESET:-qm9}"
     DATA_DIR="${DATA_DIR:-data/moflow}"
     data=()
     [ -f "$DATA_DIR/${PRESET}_kekulized.npz" ] && data=(--data_dir "$DATA_DIR")  # ActNorm init data; else random
-    exec python -m runtime.compare --baseline "$BASELINE" --rounds "${ROUNDS:-5}" ${COMPARE_JSON:+--json "$COMPARE_JSON"} \
-        -- python "$MOLRECIPES_ROOT/scripts/moflow/bench_model.py" --phase reverse --preset "$PRESET" \
-        --reverse_batch_size "${BATCH_SIZE:-1000}" ${data[@]+"${data[@]}"} ${args[@]+"${args[@]}"}
+    compare_baseline 5 python "$MOLRECIPES_ROOT/scripts/moflow/bench_model.py" --phase reverse --preset "$PRESET" \
+        --reverse_batch_size "${BATCH_SIZE:-1000}" ${data[@]+"${data[@]}"} ${ARGS[@]+"${ARGS[@]}"}
+    exit 0
 fi
 CKPT="${CKPT:-results/moflow/moflow.pt}"
 OUT="${OUT:-results/moflow_benchmark}"
@@ -36,7 +28,7 @@ for bs in ${BATCH_SIZES:-100 1000}; do
         echo "=== inference benchmark: batch_size=${bs} ${amp:-fp32} ==="
         python -m moflow.generate --load_ckpt_path "$CKPT" --batch_size "$bs" $amp --benchmark \
             --benchmark_warmup "${WARMUP:-3}" --benchmark_steps "${STEPS:-20}" --silent \
-            --log_dir "$OUT/$tag" --dllogger_name bench_log.json ${args[@]+"${args[@]}"}
+            --log_dir "$OUT/$tag" --dllogger_name bench_log.json ${ARGS[@]+"${ARGS[@]}"}
         python - "$OUT/$tag/bench_log.json" <<'PY'
 import sys
 from runtime.logging import read_dllogger

@@ -11,23 +11,15 @@
 #   bash scripts/moflow/benchmark_training.sh --baseline 11b8e8f
 set -euo pipefail
 source "$(dirname "$0")/../env.sh"
-BASELINE="${BASELINE:-}"
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --baseline) BASELINE="$2"; shift 2 ;;
-        --baseline=*) BASELINE="${1#*=}"; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
+take_baseline "$@"
 DATA_DIR="${DATA_DIR:-data/moflow}"
 if [ -n "$BASELINE" ]; then
     PRESET="${PRESET:-qm9}"
     data=()
     [ -f "$DATA_DIR/${PRESET}_kekulized.npz" ] && data=(--data_dir "$DATA_DIR")  # else random graphs
-    exec python -m runtime.compare --baseline "$BASELINE" --rounds "${ROUNDS:-5}" ${COMPARE_JSON:+--json "$COMPARE_JSON"} \
-        -- python "$MOLRECIPES_ROOT/scripts/moflow/bench_model.py" --phase train --preset "$PRESET" \
-        --batch_size "${BATCH_SIZE:-128}" ${data[@]+"${data[@]}"} ${args[@]+"${args[@]}"}
+    compare_baseline 5 python "$MOLRECIPES_ROOT/scripts/moflow/bench_model.py" --phase train --preset "$PRESET" \
+        --batch_size "${BATCH_SIZE:-128}" ${data[@]+"${data[@]}"} ${ARGS[@]+"${ARGS[@]}"}
+    exit 0
 fi
 DATASET="${DATASET:-sample}"
 PRESET="${PRESET:-${CONFIG:-small}}"
@@ -39,7 +31,7 @@ for bs in ${BATCH_SIZES:-64 128}; do
         python -m moflow.train --dataset "$DATASET" --data_dir "$DATA_DIR" --preset "$PRESET" \
             --batch_size "$bs" $amp --benchmark --benchmark_warmup "${WARMUP:-3}" \
             --benchmark_steps "${STEPS:-10}" --val_samples 0 --val_molecules 0 --silent \
-            --log_dir "$OUT/$tag" --dllogger_name bench_log.json ${args[@]+"${args[@]}"}
+            --log_dir "$OUT/$tag" --dllogger_name bench_log.json ${ARGS[@]+"${ARGS[@]}"}
         python - "$OUT/$tag/bench_log.json" <<'PY'
 import sys
 from runtime.logging import read_dllogger

@@ -10,19 +10,11 @@
 #   bash scripts/se3_transformer/benchmark_inference.sh --baseline 11b8e8f
 set -euo pipefail
 source "$(dirname "$0")/../env.sh"
-BASELINE="${BASELINE:-}"
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --baseline) BASELINE="$2"; shift 2 ;;
-        --baseline=*) BASELINE="${1#*=}"; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
+take_baseline "$@"
 if [ -n "$BASELINE" ]; then
-    exec python -m runtime.compare --baseline "$BASELINE" --rounds "${ROUNDS:-5}" ${COMPARE_JSON:+--json "$COMPARE_JSON"} \
-        -- python "$MOLRECIPES_ROOT/scripts/se3_transformer/bench_model.py" --phase inference \
-        --preset "${PRESET:-nvidia}" --inference_batch_size "${BATCH_SIZE:-32}" ${args[@]+"${args[@]}"}
+    compare_baseline 5 python "$MOLRECIPES_ROOT/scripts/se3_transformer/bench_model.py" --phase inference \
+        --preset "${PRESET:-nvidia}" --inference_batch_size "${BATCH_SIZE:-32}" ${ARGS[@]+"${ARGS[@]}"}
+    exit 0
 fi
 DATASET="${DATASET:-qm9pack}"
 NUM_MOLECULES="${NUM_MOLECULES:-10000}"  # enough molecules for full batches of 1600
@@ -33,7 +25,7 @@ LOG_ROOT="${LOG_ROOT:-results/se3_transformer_benchmark/inference}"
 if [[ -z "${CKPT:-}" ]]; then
     CKPT="$LOG_ROOT/benchmark_model.pt"
     python -m se3_transformer.train --dataset sample --num_molecules 100 --epochs 1 --silent true \
-        --log_dir "$LOG_ROOT/make_ckpt" --save_ckpt_path "$CKPT" ${args[@]+"${args[@]}"}
+        --log_dir "$LOG_ROOT/make_ckpt" --save_ckpt_path "$CKPT" ${ARGS[@]+"${ARGS[@]}"}
 fi
 for bs in $BATCH_SIZES; do
     for amp in false true; do

@@ -10,19 +10,11 @@
 #   bash scripts/se3_transformer/benchmark_train.sh --baseline 11b8e8f
 set -euo pipefail
 source "$(dirname "$0")/../env.sh"
-BASELINE="${BASELINE:-}"
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --baseline) BASELINE="$2"; shift 2 ;;
-        --baseline=*) BASELINE="${1#*=}"; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
+take_baseline "$@"
 if [ -n "$BASELINE" ]; then
-    exec python -m runtime.compare --baseline "$BASELINE" --rounds "${ROUNDS:-5}" ${COMPARE_JSON:+--json "$COMPARE_JSON"} \
-        -- python "$MOLRECIPES_ROOT/scripts/se3_transformer/bench_model.py" --phase train --preset "${PRESET:-nvidia}" \
-        --batch_size "${BATCH_SIZE:-32}" ${args[@]+"${args[@]}"}
+    compare_baseline 5 python "$MOLRECIPES_ROOT/scripts/se3_transformer/bench_model.py" --phase train --preset "${PRESET:-nvidia}" \
+        --batch_size "${BATCH_SIZE:-32}" ${ARGS[@]+"${ARGS[@]}"}
+    exit 0
 fi
 DATASET="${DATASET:-qm9pack}"
 NUM_MOLECULES="${NUM_MOLECULES:-10000}"  # enough molecules for full batches of 1600
@@ -38,7 +30,7 @@ for bs in $BATCH_SIZES; do
         echo "=== train batch_size=$bs mode=$mode"
         python -m se3_transformer.train --benchmark true --dataset "$DATASET" --num_molecules "$NUM_MOLECULES" \
             --batch_size "$bs" --benchmark_warmup "$WARMUP" --benchmark_steps "$STEPS" --silent true \
-            --log_dir "$LOG_ROOT/bs${bs}_${mode}" --dllogger_name bench_log.json "${flags[@]}" ${args[@]+"${args[@]}"}
+            --log_dir "$LOG_ROOT/bs${bs}_${mode}" --dllogger_name bench_log.json "${flags[@]}" ${ARGS[@]+"${ARGS[@]}"}
         grep -o '"data": {"train_[^}]*}' "$LOG_ROOT/bs${bs}_${mode}/bench_log.json" | tail -1
         grep -o '"data": {"peak_memory_mb[^}]*}' "$LOG_ROOT/bs${bs}_${mode}/bench_log.json" | tail -1
     done
