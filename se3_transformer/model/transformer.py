@@ -95,9 +95,6 @@ class SE3Transformer(nn.Module):
     def _fusion(self) -> dict:
         return dict(fully_fused=self.fuse_level == FuseLevel.FULL, partially_fused=self.fuse_level >= FuseLevel.PARTIAL)
 
-    def compute_basis(self, batch: GraphBatch) -> Basis:
-        return get_basis(batch.rel_pos(), self.max_degree, self.use_pad_trick, **self._fusion())
-
     def hidden_features(self, batch: GraphBatch, basis: Optional[Basis] = None) -> Dict[int, Tensor]:
         """Node features after the attention blocks (before the final convolution)."""
         return self._run(batch, basis, stop_before_final=True)
