@@ -150,6 +150,8 @@ def test_bench_model_smoke():
     line = [x for x in out.splitlines() if x.startswith("BENCH ")][-1]
     figures = json.loads(line[len("BENCH "):])
     assert figures["train_throughput"] > 0 and figures["train_peak_memory_mb"] > 0
+    assert figures["train_gflop_per_step"] > 0 and figures["peak_gflops"] > 0
+    assert figures["train_gflops"] / figures["peak_gflops"] == pytest.approx(figures["train_peak_fraction"])
 
 
 def test_precomputed_bases_memory_estimate_is_printed_and_exact():
