@@ -49,3 +49,16 @@ def test_cpu_peak_microbenchmark_counts_its_matmuls(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # CPU seconds per thread: 0.125 s
     assert harness.cpu_peak_gflops(size=64, repeats=2) == pytest.approx(2 * 64 ** 3 / 0.125 / 1e9)
     assert harness.cpu_seconds_per_thread(3.0) == 1.5
+
+
+def test_flops_of_forces_taken_with_autograd_grad():
+    """The graph_parallel steps take forces with torch.autograd.grad inside the counted step (through
+    nn.Modules, where FlopCounterMode's own module tracker fails)."""
+    layer = torch.nn.Linear(3, 5, bias=False)
+
+    def energy_and_forces(i):
+        pos = torch.randn(4, 3, requires_grad=True)
+        energy = layer(pos).sum()                                          # 2 * 4 * 3 * 5
+        (grad,) = torch.autograd.grad(energy, pos)                         # grad @ weight: the same size
+        return grad
+    assert harness.count_flops(energy_and_forces) == 2 * (2 * 4 * 3 * 5)
