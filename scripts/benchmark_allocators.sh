@@ -2,7 +2,8 @@
 # The memory allocators (MOLRECIPES_ALLOCATOR, chosen in scripts/env.sh) on three training steps:
 # SE(3) small (batch 32), DimeNet++ base with forces (batch 8), MoFlow qm9 (batch 128). Each
 # bench_model.py runs ROUNDS times (default 3) per allocator, interleaved; prints medians and ratios
-# to the system allocator (ALLOCATORS, default system,glibc,jemalloc,tcmalloc; JSON_DIR=DIR keeps them).
+# to the system allocator (ALLOCATORS, default system,glibc,jemalloc,tcmalloc; JSON_DIR=DIR keeps them;
+# WORKLOADS, default "se3 dimenetpp moflow", picks the steps).
 #   bash scripts/benchmark_allocators.sh
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -10,6 +11,7 @@ ALLOCATORS="${ALLOCATORS:-system,glibc,jemalloc,tcmalloc}"
 run() {
     local name="$1"
     shift
+    case " ${WORKLOADS:-se3 dimenetpp moflow} " in *" ${name%%_*} "*) ;; *) return 0 ;; esac
     echo "=== $name"
     python "$MOLRECIPES_ROOT/scripts/bench_harness.py" --allocators "$ALLOCATORS" --rounds "${ROUNDS:-3}" \
         ${JSON_DIR:+--json "$JSON_DIR/$name.json"} -- "$@"
