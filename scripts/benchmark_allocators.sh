@@ -19,6 +19,6 @@ run() {
 run se3_small_train python "$MOLRECIPES_ROOT/scripts/se3_transformer/bench_model.py" --preset small --phase train \
     --batch_size 32 --steps 5
 run dimenetpp_base_train python "$MOLRECIPES_ROOT/scripts/graph_parallel/bench_model.py" --model dimenetpp \
-    --preset base --phase train --batch_size 8
+    --preset base --phase train --batch_size 8 --warmup 1 --steps 3
 run moflow_qm9_train python "$MOLRECIPES_ROOT/scripts/moflow/bench_model.py" --preset qm9 --phase train \
     --batch_size 128 --steps 5
