@@ -14,7 +14,7 @@ SHOW = 'echo "used=$MOLRECIPES_ALLOCATOR_USED preload=${LD_PRELOAD:-} mmap_max=$
 def sourced(command: str, **env):
     """(stdout, stderr, exit code) of ``command`` run after sourcing scripts/env.sh under ``env``."""
     full = {k: v for k, v in os.environ.items()
-            if k != "LD_PRELOAD" and not k.startswith(("MOLRECIPES_ALLOCATOR", "MALLOC_"))}
+            if k != "LD_PRELOAD" and not k.startswith(("MOLRECIPES_ALLOCATOR", "MALLOC_", "TCMALLOC_"))}
     full.update(env)
     out = subprocess.run(["bash", "-c", f'source "{ROOT}/scripts/env.sh" && {command}'], env=full,
                          capture_output=True, text=True, timeout=60)
@@ -36,12 +36,14 @@ def test_found_library_is_preloaded_before_the_callers(tmp_path):
                            LD_PRELOAD="/opt/other.so")
     assert stdout == f"used=tcmalloc preload={tmp_path}/libtcmalloc_minimal.so.4:/opt/other.so mmap_max="
     (tmp_path / "libjemalloc.so.2").write_bytes(b"")
-    stdout, _, _ = sourced(SHOW, MOLRECIPES_LIB_PATH=str(tmp_path))  # the default
+    stdout, _, _ = sourced(SHOW, MOLRECIPES_LIB_PATH=str(tmp_path), MOLRECIPES_ALLOCATOR="jemalloc")
     assert stdout == f"used=jemalloc preload={tmp_path}/libjemalloc.so.2 mmap_max="
+    stdout, _, _ = sourced(SHOW, MOLRECIPES_LIB_PATH=str(tmp_path))  # the default
+    assert stdout == f"used=tcmalloc preload={tmp_path}/libtcmalloc_minimal.so.4 mmap_max="
 
 
 def test_system_and_glibc_settings_and_a_bad_name(tmp_path):
-    (tmp_path / "libjemalloc.so.2").write_bytes(b"")
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
     assert sourced(SHOW, MOLRECIPES_LIB_PATH=str(tmp_path), MOLRECIPES_ALLOCATOR="system")[0] == \
         "used=system preload= mmap_max="
     assert sourced(SHOW, MOLRECIPES_ALLOCATOR="glibc")[0] == "used=glibc preload= mmap_max=0"
@@ -51,10 +53,10 @@ def test_system_and_glibc_settings_and_a_bad_name(tmp_path):
 
 def test_the_default_allocator_is_loaded_where_installed():
     stdout, _, _ = sourced(SHOW)
-    if "used=jemalloc" not in stdout:
-        pytest.skip("libjemalloc2 is not installed here (the scripts then use the system allocator)")
+    if "used=tcmalloc" not in stdout:
+        pytest.skip("libtcmalloc-minimal4 is not installed here (the scripts then use the system allocator)")
     maps, _, _ = sourced(f'{sys.executable} -c "print(open(\'/proc/self/maps\').read())"')
-    assert "libjemalloc" in maps
+    assert "libtcmalloc" in maps
 
 
 def test_allocator_comparison_reports_ratios_to_the_first():
