@@ -369,16 +369,18 @@ class GemNetT(nn.Module):
         h = self.atom_emb(batch.atomic_numbers - 1)                        # all atoms (replicated)
         m = self.edge_emb(h, rbf, src, tgt)
         h_local = h[part.atoms]
+        # energies and direct forces accumulate in float32 under autocast (blocks, atoms, the gp all-reduce)
         atom_energy, edge_force = self.outputs[0](m, rbf_out, tgt_local, part.num_local_atoms)
+        atom_energy, edge_force = atom_energy.float(), edge_force.float() if edge_force is not None else None
         for block, output in zip(self.interactions, self.outputs[1:]):
             h_local, m = block(h_local, m, rbf3, rbf_w, sph, rbf_h, src, tgt, part, kmax, group)
             e, f = output(m, rbf_out, tgt_local, part.num_local_atoms)
-            atom_energy = atom_energy + e
-            edge_force = edge_force + f if f is not None else None
+            atom_energy = atom_energy + e.float()
+            edge_force = edge_force + f.float() if f is not None else None
         energy = scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures)
         if not self.direct_forces:
             return energy, None
-        forces = scatter_sum(edge_force.unsqueeze(-1) * unit, tgt_local, part.num_local_atoms)
+        forces = scatter_sum(edge_force.unsqueeze(-1) * unit.float(), tgt_local, part.num_local_atoms)
         return energy, forces
 
 
