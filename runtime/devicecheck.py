@@ -23,7 +23,9 @@ blocking copies     a host -> device copy with ``non_blocking=False`` (``torch.t
 ==================  ==================================================================================
 
 Syncs that a loop does on purpose (log steps, checkpoints, evaluation) run under
-:func:`expected_sync` with a reason; :meth:`DeviceCheck.unexpected` lists the others. The check
+:func:`expected_sync` with a reason; :meth:`DeviceCheck.unexpected` lists the others. The same marks
+serve on a GPU: with ``MOLRECIPES_SYNC_DEBUG=error`` the loop runs every step after the first under
+``torch.cuda.set_sync_debug_mode("error")``, switched off inside :func:`expected_sync` blocks. The check
 runs in one process (no process group: c10d cannot send wrapper tensors), without autocast
 (there is no "meta" autocast) and without CUDA-only features (graphs, streams, the fp16 scaler).
 Those paths stay for ``scripts/gpu_check.sh``.
@@ -60,14 +62,49 @@ class DeviceMixingError(RuntimeError):
     """A host tensor met a device tensor in one op (CUDA raises "Expected all tensors to be on the same device")."""
 
 
+SYNC_DEBUG_ENV = "MOLRECIPES_SYNC_DEBUG"
+
+
 @contextlib.contextmanager
 def expected_sync(reason: str) -> Iterator[None]:
-    """Mark a block whose host syncs are intended (a log step, a checkpoint, an evaluation); free outside checks."""
+    """Mark a block whose host syncs are intended (a log step, a checkpoint, an evaluation); free outside checks.
+
+    On CUDA under :func:`cuda_sync_debug`, the block also runs with ``torch.cuda.set_sync_debug_mode(0)``.
+    """
     _EXPECTED.append(reason)
+    debug = torch.cuda.get_sync_debug_mode() if _SYNC_DEBUG else 0
+    if debug:
+        torch.cuda.set_sync_debug_mode(0)
     try:
         yield
     finally:
+        if debug:
+            torch.cuda.set_sync_debug_mode(debug)
         _EXPECTED.pop()
+
+
+_SYNC_DEBUG: List[bool] = []
+
+
+@contextlib.contextmanager
+def cuda_sync_debug(device) -> Iterator[None]:
+    """On CUDA with ``MOLRECIPES_SYNC_DEBUG=warn|error``: PyTorch's sync debug mode for the block (the loop
+    enters it after the first optimizer step), so any sync outside :func:`expected_sync` warns or raises."""
+    mode = os.environ.get(SYNC_DEBUG_ENV, "")
+    if not mode or torch.device(device).type != "cuda":
+        yield
+        return
+    if mode not in ("warn", "error"):
+        from runtime.errors import ConfigError
+
+        raise ConfigError(f"{SYNC_DEBUG_ENV}={mode!r}: use warn or error")
+    torch.cuda.set_sync_debug_mode(mode)
+    _SYNC_DEBUG.append(True)
+    try:
+        yield
+    finally:
+        _SYNC_DEBUG.pop()
+        torch.cuda.set_sync_debug_mode(0)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ here then degrades to the obvious no-op, so the same training loop serves both c
 Backends: gloo on CPU; on CUDA one process group with ``cpu:gloo,cuda:nccl``, so a collective on a
 CPU tensor (a metric sum, a memory figure) works instead of failing on NCCL.
 
+Testing several ranks on one GPU: with ``MOLRECIPES_SHARE_GPU=1`` every local rank uses ``cuda:0`` and
+the process group is gloo (which takes CUDA tensors; NCCL refuses two ranks on one device). For
+checks only (``scripts/gpu_check.sh --share_gpu``): the ranks contend for the one GPU.
+
 Bounded failure: every collective waits at most ``--dist_timeout`` minutes (gloo raises; NCCL's
 watchdog tears the process down, ``TORCH_NCCL_ASYNC_ERROR_HANDLING=1``). A dead peer is seen by gloo
 at once. A watchdog thread exits the process with a message when its launcher (the torchrun agent)
@@ -39,6 +43,7 @@ class DistEnv:
 
 
 _ENV: Optional[DistEnv] = None
+SHARE_GPU_ENV = "MOLRECIPES_SHARE_GPU"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -82,11 +87,13 @@ def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] =
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
     use_cuda = torch.cuda.is_available()
+    share = os.environ.get(SHARE_GPU_ENV) == "1"
     if use_cuda:
-        if local_rank >= torch.cuda.device_count():
+        if local_rank >= torch.cuda.device_count() and not share:
             raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = 0 if share else local_rank
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     from runtime.affinity import set_affinity
@@ -96,7 +103,7 @@ def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] =
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world_size} but {var} is not set: launch with torchrun")
-        backend = backend or ("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
+        backend = backend or ("cpu:gloo,cuda:nccl" if use_cuda and not share else "gloo")
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         seconds = timeout_s if timeout_s is not None else 60.0 * timeout_minutes
         kwargs = dict(backend=backend, init_method="env://", rank=rank, world_size=world_size,

@@ -26,6 +26,8 @@ limits             ``max_steps`` (optimizer steps in total) and ``max_minutes`` 
 checkpoints        every ``ckpt_steps`` optimizer steps (mid-epoch), every ``ckpt_interval``
                    epochs, and when the run ends or stops; only at optimizer-step boundaries.
 evaluation         every ``eval_interval`` epochs and when the run ends or stops.
+sync debug         ``MOLRECIPES_SYNC_DEBUG=error`` on CUDA: every step after the first runs under
+                   ``torch.cuda.set_sync_debug_mode``; the intended syncs are ``expected_sync`` blocks.
 benchmark          with a :class:`~runtime.callbacks.PerformanceMeter`: time each optimizer step
                    (device-synchronised), no evaluation, no checkpoints, stop after
                    warm-up + timed steps, cycling epochs as needed.
@@ -40,8 +42,8 @@ from typing import Any, Callable, ContextManager, Dict, Mapping, Optional
 
 import torch
 
-from runtime.devicecheck import expected_sync
-from runtime.distributed import all_reduce_mean, all_reduce_sum, barrier, get_world_size, is_initialized
+from runtime.devicecheck import cuda_sync_debug, expected_sync
+from runtime.distributed import all_reduce_mean, all_reduce_sum, barrier, get_device, get_world_size, is_initialized
 from runtime.errors import ConfigError, NonFiniteError
 from runtime.progress import progress
 from runtime.seed import seed_step
@@ -192,6 +194,10 @@ class TrainLoop:
         Returns the last epoch's train metrics and the last evaluation's metrics, plus ``epochs``,
         ``steps``, ``minutes`` and ``stop_reason``.
         """
+        with contextlib.ExitStack() as stack:        # leaves CUDA's sync debug mode however the run ends
+            return self._run(position, stack)
+
+    def _run(self, position: Position, stack: contextlib.ExitStack) -> Dict[str, float]:
         cfg = self.config
         started = last_log_time = time.time()
         pos = position
@@ -237,6 +243,8 @@ class TrainLoop:
                     continue
                 step_out = self.optimizer_step() or {}
                 pos = replace(pos, step=pos.step + 1)
+                if pos.step == position.step + 1:           # from the second step on (the first warms up)
+                    stack.enter_context(cuda_sync_debug(get_device()))
                 if benchmark:
                     self.meter.stop(step_items)
                     step_started, step_items = False, 0

@@ -1,21 +1,32 @@
 """One GPU check: every CUDA-only test, then each recipe's training and inference benchmark, one table.
 
-    bash scripts/gpu_check.sh [--out results/gpu_check] [--dry_run]
+    bash scripts/gpu_check.sh [--out results/gpu_check] [--quick] [--share_gpu] [--dry_run]
 
 Steps, each in its own process (a failure is recorded in the table, and the check goes on):
 
 1. ``pytest -m cuda tests``: every test marked CUDA-only (they skip without a GPU).
-2. Benchmarks at a short setting, FP32 and AMP, plus the CUDA-only variants: MoFlow training with
+2. Correctness rows: bf16 and fp16 autocast against fp32 (``tests/test_precision.py`` on CUDA, stated
+   bounds); MoFlow graphed against eager at ``--accumulate_grad_batches 2`` (gradients compared, and a
+   graphed training run that fails if no graph was captured); ten training steps of every recipe
+   under ``torch.cuda.set_sync_debug_mode("error")`` (``MOLRECIPES_SYNC_DEBUG``); a resume on CUDA
+   (``--ckpt_steps 2``, then resume) and ``evaluate`` and ``predict`` from its checkpoint, per recipe;
+   GemNet-T with its scale-factor fit, and a graph_parallel run with evaluation.
+3. Benchmarks at a short setting, FP32 and AMP, plus the CUDA-only variants: MoFlow training with
    CUDA graphs and with ``--compile``, MoFlow generation with CUDA graphs; SE(3)-Transformer training
-   and inference (``--compile`` too); graph_parallel DimeNet++ training on NCCL at gp_size 1, and at
-   gp_size 2 under torchrun when two GPUs are visible.
-3. ``OUT/summary.md`` and ``OUT/summary.json``: throughput, latency p50/p99, peak memory and status of
+   and inference (``--compile`` too); graph_parallel DimeNet++ and GemNet-T training on NCCL at
+   gp_size 1, and at gp_size 2 under torchrun when two GPUs are visible.
+4. ``--share_gpu`` (opt-in): two ranks on the one GPU over gloo (``MOLRECIPES_SHARE_GPU=1``): DDP with
+   accumulation and ``--max_minutes``, ``--gp_size 2`` for all three graph_parallel models, and one
+   rank raising alone (its ``error:`` line must appear and both ranks end).
+5. ``OUT/summary.md`` and ``OUT/summary.json``: pass/fail, throughput, latency p50/p99, peak memory of
    every row, beside NVIDIA's published A100 figures where they exist (MoFlow: 4,524 molecules/s
    training with AMP at batch 512, 12,524 molecules/s inference; SE(3): 3.23 molecules/ms training
    with AMP at batch 240, 9.71 molecules/ms inference at batch 1600).
 
-``--dry_run`` runs the same plumbing on CPU at toy sizes, FP32 rows only (the others are listed as not
-run), so CI proves the script works where no GPU is lent. Exit code: 0 when no row failed.
+``--quick`` fits one H100 in about 8 minutes: 3 warm-up and 10 timed steps, 120 s per row, one
+``--compile`` row. ``--dry_run`` lists every row and runs the plumbing on CPU at toy sizes (FP32 rows
+that need no CUDA; the others are listed as not run), so CI proves the script works where no GPU is
+lent. Exit code: 0 when no row failed.
 """
 from __future__ import annotations
 
@@ -55,6 +66,8 @@ class Row:
     peak_memory_mb: Optional[float] = None
     reference: str = ""
     note: str = ""
+    expect_error: str = ""      # the row passes when the command fails with this text in its output
+    forbid: str = ""            # the row fails when its output holds this text
 
 
 @dataclass
@@ -71,17 +84,25 @@ def cuda_devices() -> int:
         return 0
 
 
-def plan(out: str, dry: bool, gpus: int) -> Plan:
+def plan(out: str, dry: bool, gpus: int, quick: bool = False, share_gpu: bool = False) -> Plan:
     """Every row of the check, with its command line."""
     py = sys.executable
     p = Plan()
     moflow_data = os.path.join(out, "data", "moflow")
+    compile_rows: List[str] = []
 
-    def add(recipe, phase, variant, cmd, needs_cuda=False, needs_gpus=1, unit="molecules/s"):
-        row = Row(recipe, phase, variant, " ".join(shlex.quote(c) for c in cmd), unit=unit,
-                  reference=NVIDIA_A100.get((recipe, phase, variant), ""))
-        if dry and variant != "fp32":
-            row.status, row.note = "not run", "dry run: FP32 rows only"
+    def add(recipe, phase, variant, cmd, needs_cuda=False, needs_gpus=1, unit="molecules/s", env=None, **checks):
+        if "compile" in variant:
+            compile_rows.append(variant)
+        prefix = ["env", *[f"{k}={v}" for k, v in (env or {}).items()]] if env else []
+        row = Row(recipe, phase, variant, " ".join(shlex.quote(c) for c in prefix + cmd), unit=unit,
+                  reference=NVIDIA_A100.get((recipe, phase, variant), ""), **checks)
+        if quick and "compile" in variant and len(compile_rows) > 1:
+            row.status, row.note = "not run", "--quick: one --compile row only"
+        elif share_gpu is False and env and "MOLRECIPES_SHARE_GPU" in env:
+            row.status, row.note = "not run", "opt-in: --share_gpu"
+        elif dry and (variant not in ("fp32", "check") or needs_cuda):
+            row.status, row.note = "not run", "dry run: FP32 rows without CUDA-only parts"
         elif needs_cuda and gpus == 0:
             row.status, row.note = "skipped", "no CUDA device"
         elif gpus < needs_gpus and not dry:
@@ -93,11 +114,39 @@ def plan(out: str, dry: bool, gpus: int) -> Plan:
     def log(name):
         return ["--log_dir", os.path.join(out, "logs", name), "--silent"]
 
+    warmup, timed = ("1", "2") if dry else ("3", "10") if quick else ("10", "50")
+    steps = ["--benchmark_warmup", warmup, "--benchmark_steps", timed]
+    tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+    # ---- correctness on the GPU -----------------------------------------------------------------------
+    add("all", "amp vs fp32", "check", [*tests, "-s", os.path.join(ROOT, "tests", "test_precision.py")],
+        needs_cuda=True, env={"MOLRECIPES_TEST_DEVICE": "cuda"})
+    add("moflow", "graphed vs eager", "check",
+        [*tests, os.path.join(ROOT, "tests", "moflow", "test_cuda_graphs.py")], needs_cuda=True)
+
     # MoFlow: the reference zinc250k config at batch 512 (NVIDIA's setting) on the embedded ZINC-like sample
     mf = ["--dataset", "sample", "--data_dir", moflow_data]
-    mf_model = ["--preset", "qm9_quick", "--b_n_squeeze", "5"] if dry else ["--preset", "zinc250k"]
+    mf_small = ["--preset", "qm9_quick", "--b_n_squeeze", "5"]
+    mf_model = mf_small if dry else ["--preset", "zinc250k"]
+    mf_ckpt = os.path.join(out, "logs", "moflow_resume", "checkpoint.pt")
+    mf_run = ["-m", "moflow.train", *mf, *mf_small, "--batch_size", "16", "--val_samples", "8",
+              "--save_ckpt_path", mf_ckpt]
+    add("moflow", "graphed training", "check",
+        [py, "-m", "moflow.train", *mf, *mf_small, "--batch_size", "16", "--cuda_graphs", "--cuda_graph_warmup", "2",
+         "--accumulate_grad_batches", "2", "--max_steps", "6", *log("moflow_graphed")],
+        needs_cuda=True, forbid="no CUDA graph was captured")
+    add("moflow", "sync debug", "check", [py, "-m", "moflow.train", *mf, *mf_small, "--batch_size", "16",
+                                          "--max_steps", "10", "--log_interval", "5", *log("moflow_sync")],
+        needs_cuda=True, env={"MOLRECIPES_SYNC_DEBUG": "error"})
+    add("moflow", "resume", "fp32", [py, *mf_run, "--max_steps", "2", "--ckpt_steps", "2", *log("moflow_resume")])
+    add("moflow", "resume", "check", [py, *mf_run, "--max_steps", "4", "--load_ckpt_path", mf_ckpt,
+                                      *log("moflow_resume")])
+    add("moflow", "evaluate", "fp32", [py, "-m", "moflow.evaluate", "--load_ckpt_path", mf_ckpt, "--num_samples", "16",
+                                       "--num_molecules", "32", *log("moflow_evaluate")])
+    add("moflow", "predict", "fp32", [py, "-m", "moflow.predict", "--load_ckpt_path", mf_ckpt, "--num_samples", "16",
+                                      "--output", os.path.join(out, "logs", "moflow_predict", "molecules.smi"),
+                                      *log("moflow_predict")])
     mf_bs = ["--batch_size", "16" if dry else "512"]
-    steps = ["--benchmark_warmup", "1" if dry else "10", "--benchmark_steps", "2" if dry else "50"]
     for variant, extra in (("fp32", []), ("amp", ["--amp"]), ("amp+cuda_graphs", ["--amp", "--cuda_graphs",
                                                                                    "--cuda_graph_warmup", "5"]),
                            ("amp+compile", ["--amp", "--compile"])):
@@ -114,30 +163,78 @@ def plan(out: str, dry: bool, gpus: int) -> Plan:
             needs_cuda="cuda_graphs" in variant)
 
     # SE(3): NVIDIA's default model at batch 240 (training) and 1600 (inference) on the embedded QM9 sample
-    se3_model = ["--num_layers", "1", "--num_degrees", "2", "--num_channels", "8", "--num_heads", "2",
-                 "--num_molecules", "60"] if dry else []
+    se3_tiny = ["--num_layers", "1", "--num_degrees", "2", "--num_channels", "8", "--num_heads", "2",
+                "--num_molecules", "60"]
+    se3_model = se3_tiny if dry else []
     se3_ckpt = os.path.join(out, "se3_transformer.pt")
+    se3_run = ["-m", "se3_transformer.train", "--dataset", "sample", *se3_tiny, "--batch_size", "8",
+               "--save_ckpt_path", se3_ckpt]
+    add("se3_transformer", "sync debug", "check", [py, "-m", "se3_transformer.train", "--dataset", "sample",
+                                                   *se3_tiny, "--batch_size", "4", "--max_steps", "10",
+                                                   "--log_interval", "5", *log("se3_sync")],
+        needs_cuda=True, env={"MOLRECIPES_SYNC_DEBUG": "error"})
+    add("se3_transformer", "resume", "fp32", [py, *se3_run, "--max_steps", "2", "--ckpt_steps", "2",
+                                              *log("se3_resume")])
+    add("se3_transformer", "resume", "check", [py, *se3_run, "--max_steps", "4", "--load_ckpt_path", se3_ckpt,
+                                               *log("se3_resume")])
+    add("se3_transformer", "evaluate", "fp32", [py, "-m", "se3_transformer.evaluate", "--load_ckpt_path", se3_ckpt,
+                                                "--split", "val", *log("se3_evaluate")])
+    add("se3_transformer", "predict", "fp32", [py, "-m", "se3_transformer.predict", "--load_ckpt_path", se3_ckpt,
+                                               "--split", "val", *log("se3_predict")])
     for variant, extra in (("fp32", []), ("amp", ["--amp"]), ("amp+compile", ["--amp", "--compile"])):
         add("se3_transformer", "train", variant,
             [py, "-m", "se3_transformer.train", "--dataset", "sample", *se3_model, "--batch_size",
              "8" if dry else "240", "--benchmark", *steps, *extra, *log(f"se3_train_{variant}")])
-    add("se3_transformer", "checkpoint", "fp32",
-        [py, "-m", "se3_transformer.train", "--dataset", "sample", *se3_model, "--epochs", "1", "--max_steps", "2",
-         "--batch_size", "8", "--save_ckpt_path", se3_ckpt, *log("se3_checkpoint")])
     for variant, extra in (("fp32", []), ("amp", ["--amp"]), ("amp+compile", ["--amp", "--compile"])):
         add("se3_transformer", "inference", variant,
             [py, "-m", "se3_transformer.evaluate", "--load_ckpt_path", se3_ckpt, "--split", "train",
              "--batch_size", "8" if dry else "1600", "--benchmark", *steps, *extra, *log(f"se3_inference_{variant}")])
 
-    # graph_parallel: DimeNet++ base on the embedded EMT data, NCCL at gp_size 1 (and 2 on two GPUs)
-    gp_model = ["--preset", "small", "--cutoff", "4.5", "--max_neighbors", "20"] if dry else ["--preset", "base"]
-    gp = [*gp_model, "--batch_size", "2" if dry else "8", "--benchmark", *steps]
-    for variant, extra in (("fp32", []), ("amp", ["--amp"])):
-        add("graph_parallel", "train", variant,
-            [py, "-m", "graph_parallel.train", *gp, *extra, *log(f"gp_train_gp1_{variant}")], unit="structures/s")
-        add("graph_parallel", "train", f"{variant} gp_size 2",
-            [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "graph_parallel.train",
-             "--gp_size", "2", *gp, *extra, *log(f"gp_train_gp2_{variant}")], needs_gpus=2, unit="structures/s")
+    # graph_parallel: DimeNet++ and GemNet-T (scale-factor fit) on the embedded EMT data, NCCL at gp_size 1
+    gp_small = ["--preset", "small", "--cutoff", "4.5", "--max_neighbors", "20"]
+    gp_model = gp_small if dry else ["--preset", "base"]
+    gp_ckpt = os.path.join(out, "logs", "gp_resume", "checkpoint.pt")
+    gp_run = ["-m", "graph_parallel.train", "--model", "gemnet_t", *gp_small, "--batch_size", "2",
+              "--fit_scale_batches", "2", "--save_ckpt_path", gp_ckpt]
+    add("graph_parallel", "sync debug", "check", [py, "-m", "graph_parallel.train", *gp_small, "--batch_size", "2",
+                                                  "--max_steps", "10", "--log_interval", "5", *log("gp_sync")],
+        needs_cuda=True, env={"MOLRECIPES_SYNC_DEBUG": "error"})
+    add("graph_parallel", "resume", "fp32", [py, *gp_run, "--max_steps", "2", "--ckpt_steps", "2", *log("gp_resume")])
+    add("graph_parallel", "resume", "check", [py, *gp_run, "--max_steps", "4", "--load_ckpt_path", gp_ckpt,
+                                              *log("gp_resume")])
+    add("graph_parallel", "evaluate", "fp32", [py, "-m", "graph_parallel.evaluate", "--load_ckpt_path", gp_ckpt,
+                                               *log("gp_evaluate")], unit="structures/s")
+    add("graph_parallel", "predict", "fp32", [py, "-m", "graph_parallel.predict", "--load_ckpt_path", gp_ckpt,
+                                              *log("gp_predict")], unit="structures/s")
+    for model in ("dimenetpp", "gemnet_t"):
+        gp = ["--model", model, *gp_model, "--batch_size", "2" if dry or model != "dimenetpp" else "8",
+              "--benchmark", *steps]
+        for variant, extra in (("fp32", []), ("amp", ["--amp"])):
+            add("graph_parallel", "train", f"{variant}" if model == "dimenetpp" else f"{variant} {model}",
+                [py, "-m", "graph_parallel.train", *gp, *extra, *log(f"gp_train_gp1_{model}_{variant}")],
+                unit="structures/s", needs_cuda=model != "dimenetpp" and dry)
+            add("graph_parallel", "train", f"{variant} gp_size 2" + ("" if model == "dimenetpp" else f" {model}"),
+                [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                 "graph_parallel.train", "--gp_size", "2", *gp, *extra, *log(f"gp_train_gp2_{model}_{variant}")],
+                needs_gpus=2, unit="structures/s")
+
+    # ---- two ranks on one GPU over gloo (--share_gpu) --------------------------------------------------
+    share = {"MOLRECIPES_SHARE_GPU": "1"}
+    torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    add("moflow", "2 ranks, 1 GPU", "check", [*torchrun, *mf_run[:-2], "--accumulate_grad_batches", "2",
+                                              "--max_minutes", "1", "--max_steps", "6", *log("share_moflow")],
+        needs_cuda=True, env=share)
+    add("se3_transformer", "2 ranks, 1 GPU", "check",
+        [*torchrun, *se3_run[:-2], "--accumulate_grad_batches", "2", "--max_steps", "4", *log("share_se3")],
+        needs_cuda=True, env=share)
+    for model in ("dimenetpp", "gemnet_t", "gemnet_dt"):
+        add("graph_parallel", "2 ranks, 1 GPU", f"gp_size 2 {model}",
+            [*torchrun, "-m", "graph_parallel.train", "--model", model, "--gp_size", "2", *gp_small, "--batch_size",
+             "2", "--fit_scale_batches", "2", "--max_steps", "4", *log(f"share_gp_{model}")], needs_cuda=True, env=share)
+    add("graph_parallel", "one rank raises", "check",
+        [*torchrun, "-m", "graph_parallel.train", "--gp_size", "2", *gp_small, "--batch_size", "2", "--max_steps", "4",
+         *log("share_raise")], needs_cuda=True, env={**share, "MOLRECIPES_RAISE_AT": "logger:1"},
+        expect_error="error: injected failure at logger")
     return p
 
 
@@ -166,6 +263,15 @@ def run(row: Row, out: str, timeout: float) -> None:
         except subprocess.TimeoutExpired:
             code = "timeout"
     row.seconds = round(time.time() - started, 1)
+    with open(log_path) as f:
+        output = f.read()
+    if row.expect_error:
+        ok = code != 0 and code != "timeout" and row.expect_error in output
+        row.status = "ok" if ok else "failed"
+        row.note = "" if ok else f"expected a failure with {row.expect_error!r}, got exit {code} ({log_path})"
+        return
+    if code == 0 and row.forbid and row.forbid in output:
+        code = f"0, but the output says {row.forbid!r}"
     if code != 0:
         row.status = "failed"
         with open(log_path) as f:
@@ -197,7 +303,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/gpu_check", help="directory for logs, outputs and the summary")
     parser.add_argument("--dry_run", action="store_true", help="CPU plumbing check at toy sizes (FP32 rows only)")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per step")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds allowed per row (default: 900, or 120 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="about 8 minutes on one H100: 3 warm-up + 10 timed steps, 120 s per row, one compile row")
+    parser.add_argument("--share_gpu", action="store_true",
+                        help="also run the two-rank rows with both ranks on cuda:0 over gloo")
     parser.add_argument("--skip_tests", action="store_true", help="leave out the CUDA-only pytest run")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
@@ -205,7 +316,8 @@ def main(argv=None) -> int:
     if not args.dry_run and gpus == 0:
         print("gpu_check: no CUDA device is visible; run with --dry_run for the CPU plumbing check", file=sys.stderr)
         return 2
-    steps = plan(out, args.dry_run, gpus)
+    steps = plan(out, args.dry_run, gpus, quick=args.quick, share_gpu=args.share_gpu)
+    timeout = args.timeout or (120 if args.quick else 900)
     py = sys.executable
     prepare = Row("moflow", "data", "fp32", " ".join(shlex.quote(c) for c in [
         py, "-m", "moflow.preprocess", "--dataset", "sample", "--data_dir", os.path.join(out, "data", "moflow")]
@@ -221,7 +333,7 @@ def main(argv=None) -> int:
         if row.status in ("skipped",) or (row.status == "not run" and row.note):
             continue
         print(f"--> {row.recipe} {row.phase} {row.variant}", flush=True)
-        run(row, out, args.timeout)
+        run(row, out, timeout)
         print(f"    {row.status} in {row.seconds} s {row.note}", flush=True)
     summary = table(rows)
     with open(os.path.join(out, "summary.md"), "w") as f:

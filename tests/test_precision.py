@@ -1,4 +1,6 @@
 """``--amp`` against fp32 on realistic sizes, through CPU bf16 autocast (fp16 autocast has no CPU path).
+``MOLRECIPES_TEST_DEVICE=cuda`` runs the same comparisons on a GPU, for bf16 and fp16
+(``scripts/gpu_check.sh`` does).
 
 Reductions (graph sums, energies, losses, metric sums, all-reduces) must stay float32 under
 autocast: a bf16 sum of a few hundred terms loses whole percents. Bounds, and what the code measures
@@ -20,24 +22,33 @@ and running any one module type in fp32 does not remove it, so it is the bf16 ar
 deep edge network. Its energies and forces are accumulated and all-reduced in float32 all the
 same (the dtype is checked here).
 """
+import os
+
 import pytest
 import torch
 
 from runtime.graph import scatter_sum
 
-BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+DEVICE = torch.device(os.environ.get("MOLRECIPES_TEST_DEVICE", "cpu"))
+DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE.type == "cuda" else [])
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: str(d).split(".")[-1])
+def amp(request):
+    """Autocast settings of each --amp dtype this device has."""
+    return dict(device_type=DEVICE.type, dtype=request.param)
 
 
 def rel(a, b):
     return ((a.double() - b.double()).abs() / b.double().abs()).max().item()
 
 
-def test_scatter_sum_accumulates_bf16_rows_in_float32():
+def test_scatter_sum_accumulates_low_precision_rows_in_float32(amp):
     rows = torch.rand(2000, 3, generator=torch.Generator().manual_seed(0)).add_(0.5)
-    index = torch.zeros(2000, dtype=torch.long)
+    index = torch.zeros(2000, dtype=torch.long, device=DEVICE)
     exact = rows.double().sum(0)
-    summed = scatter_sum(rows.bfloat16(), index, 1)
-    assert summed.dtype == torch.bfloat16                       # the result keeps the input dtype
+    summed = scatter_sum(rows.to(DEVICE, amp["dtype"]), index, 1)
+    assert summed.dtype == amp["dtype"]                         # the result keeps the input dtype
     assert rel(summed[0], exact) < 4e-3
 
 
@@ -56,7 +67,7 @@ def _repeat(frame, reps=(2, 2, 2)):
 
 
 @pytest.mark.parametrize("name,bound", [("dimenetpp", 5e-3), ("gemnet_t", 8e-2), ("gemnet_dt", 3e-2)])
-def test_graph_parallel_energies_under_bf16_autocast(name, bound):
+def test_graph_parallel_energies_under_autocast(name, bound, amp):
     from graph_parallel.data import EMBEDDED_DATA_DIR, Collater, LmdbDataset
     from graph_parallel.models import build_model, fit_scale_factors, predict
 
@@ -71,36 +82,37 @@ def test_graph_parallel_energies_under_bf16_autocast(name, bound):
     collate = Collater(6.0, 50, model.symmetric_graph, 0, 1, model.triplet_kind)
     if name != "dimenetpp":
         fit_scale_factors(model, [collate([frames[i], frames[i + 9]]) for i in (0, 18)])
-    batch = collate([_repeat(frames[i]) for i in (0, 27)])
+    model = model.to(DEVICE)
+    batch = collate([_repeat(frames[i]) for i in (0, 27)]).to(DEVICE)
     assert batch.num_atoms == 224
     e32, f32 = predict(model, batch, batch.part, None, compute_forces=True, create_graph=False)
-    with torch.autocast(**BF16):
+    with torch.autocast(**amp):
         e16, f16 = predict(model, batch, batch.part, None, compute_forces=True, create_graph=False)
     assert e16.dtype == f16.dtype == torch.float32
     error = rel(e16, e32)
-    print(f"{name}: bf16 energy error {100 * error:.2f} %")
+    print(f"{name}: {amp['dtype']} energy error {100 * error:.2f} %")
     assert error < bound
 
 
-def test_se3_transformer_prediction_under_bf16_autocast():
+def test_se3_transformer_prediction_under_autocast(amp):
     from se3_transformer.data.qm9 import QM9GraphDataset, load_qm9
     from se3_transformer.engine import PRESETS, build_model
 
     arrays = load_qm9("sample", num_molecules=64)
     data = QM9GraphDataset(arrays, list(range(64)))
-    batch = data.collate(list(range(32)))
+    batch = data.collate(list(range(32))).to(DEVICE)
     torch.manual_seed(0)
-    model = build_model(PRESETS["small"]).eval()
+    model = build_model(PRESETS["small"], DEVICE).to(DEVICE).eval()
     with torch.no_grad():
         p32 = model(batch.graph, batch.basis)
-        with torch.autocast(**BF16):
+        with torch.autocast(**amp):
             p16 = model(batch.graph, batch.basis)
     error = ((p16.double() - p32.double()).abs().mean() / p32.double().abs().mean()).item()
-    print(f"se3: bf16 prediction error {100 * error:.2f} % of the mean |prediction|")
+    print(f"se3: {amp['dtype']} prediction error {100 * error:.2f} % of the mean |prediction|")
     assert error < 6e-2
 
 
-def test_moflow_nll_under_bf16_autocast():
+def test_moflow_nll_under_autocast(amp):
     """The qm9 preset on a batch of 128 QM9-sized graphs (9 atoms, one-hot atoms and bonds)."""
     import torch.nn.functional as F
 
@@ -112,16 +124,17 @@ def test_moflow_nll_under_bf16_autocast():
     codes = torch.triu(torch.randint(0, 4, (128, 9, 9), generator=g), 1)
     adj = F.one_hot(codes + codes.transpose(1, 2), 4).permute(0, 3, 1, 2).float()
     torch.manual_seed(0)
-    model = MoFlow(make_model_config("qm9", num_atom_channels=5))
+    x, adj = x.to(DEVICE), adj.to(DEVICE)
+    model = MoFlow(make_model_config("qm9", num_atom_channels=5)).to(DEVICE)
     initialize_actnorm(model, adj, x)
 
     def nll(autocast: bool):
         torch.manual_seed(1)                                # the same dequantisation noise
-        with torch.no_grad(), torch.autocast(**BF16, enabled=autocast):
+        with torch.no_grad(), torch.autocast(**amp, enabled=autocast):
             nll_x, nll_adj = model.nll(*model(adj, x, dequantize=True), reduce=False)
         assert nll_x.dtype == nll_adj.dtype == torch.float32
         return nll_x + nll_adj
 
     error = rel(nll(True).mean(), nll(False).mean())
-    print(f"moflow: bf16 NLL error {100 * error:.3f} %")
+    print(f"moflow: {amp['dtype']} NLL error {100 * error:.3f} %")
     assert error < 1e-2

@@ -102,3 +102,25 @@ def test_the_check_leaves_nothing_behind():
     with DeviceCheck():
         assert rd.get_device() == DEVICE
     assert (torch.tensor, torch.as_tensor, torch.Generator, rd._ENV) == before
+
+
+def test_sync_debug_is_a_no_op_off_cuda(monkeypatch):
+    from runtime.devicecheck import cuda_sync_debug
+
+    monkeypatch.setenv("MOLRECIPES_SYNC_DEBUG", "error")
+    with cuda_sync_debug("cpu"):
+        assert float(torch.ones(2).sum()) == 2.0
+
+
+@pytest.mark.cuda
+def test_cuda_sync_debug_raises_outside_expected_blocks(monkeypatch):
+    from runtime.devicecheck import cuda_sync_debug
+
+    monkeypatch.setenv("MOLRECIPES_SYNC_DEBUG", "error")
+    x = torch.ones(3, device="cuda")
+    with cuda_sync_debug("cuda"):
+        with expected_sync("log step"):
+            assert float(x.sum()) == 3.0
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            float(x.sum())
+    assert torch.cuda.get_sync_debug_mode() == 0 and float(x.sum()) == 3.0
