@@ -161,10 +161,10 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
                                   f"and plain data ({', '.join(unsafe[:5])}); nothing of it was run. Only load "
                                   "checkpoints written by molrecipes") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated, or not a torch file "
-                              f"({' '.join(str(err).split())[:200]})") from None
+                              f"({_first_sentence(err)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
-                              f"{' '.join(str(err).split())[:200]})") from None
+                              f"{_first_sentence(err)})") from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT,) + _OLD_FORMATS:
         raise CheckpointError(f"{path} is not a molrecipes checkpoint (no format marker {FORMAT!r}); "
                               "to use foreign weights, convert them first (see each recipe's README)")
@@ -230,3 +230,15 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
     position = state["position"]
     return {"epoch": int(position["epoch"]), "batch": int(position.get("batch", 0)), "step": int(position["step"]),
             "position": dict(position), "meta": state.get("meta", {}), "extra": state.get("extra", {})}
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The cause in ``err``'s message, as whole sentences: PyTorch's weights-only load errors wrap the
+    unpickler's reason (``WeightsUnpickler error: ...``) in paragraphs of advice about ``weights_only``
+    that do not apply to a damaged file."""
+    text, marker = str(err), "WeightsUnpickler error:"
+    if marker in text:
+        text = next((line for line in text.split(marker, 1)[1].splitlines() if line.strip()), text)
+    text = " ".join(text.split())
+    end = text.find(". ")
+    return text if end < 0 else text[:end + 1]

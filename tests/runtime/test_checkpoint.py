@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from runtime.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from runtime.optim import make_optimizer, make_scheduler
 from runtime.precision import Precision
 
@@ -55,6 +55,16 @@ def test_truncated_checkpoint_raises_clear_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(str(path), model)
+
+
+def test_corrupt_checkpoint_message_gives_the_cause_whole(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(str(path))
+    message = str(info.value)
+    assert message.endswith(")") and "corrupt or truncated" in message, message
+    assert "weights_only" not in message and "Unsupported operand" in message, message  # the cause, not advice
 
 
 def test_missing_and_foreign_and_mismatched_checkpoints(tmp_path):
