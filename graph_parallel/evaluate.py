@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
+from runtime.cli import evaluation_summary
 from runtime.distributed import is_main_process, shutdown
 from runtime.errors import run_main
 from runtime.logging import setup_logger
@@ -63,7 +64,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
                 metrics = evaluate_split(run.model, run.loader, run.grid, run.precision, run.device, run.norm,
                                          run.baselines, run.energy_coef, run.force_coef)
                 result = {f"{args.split}_{k}": v for k, v in metrics.items()}
-                logger.log((), {**result, "checkpoint": args.load_ckpt_path})
+                result.update(evaluation_summary(run.checkpoint, args.split, result[f"{args.split}_size"], run.model,
+                                                 run.env.world_size))
+                logger.log((), result)
                 if is_main_process():
                     print(format_table(args.split, result), flush=True)
         finally:

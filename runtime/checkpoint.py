@@ -232,6 +232,19 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
             "position": dict(position), "meta": state.get("meta", {}), "extra": state.get("extra", {})}
 
 
+def check_mid_epoch_resume(path: str, extra: Mapping[str, Any], position: Any, batch_size: int,
+                           replicas: int) -> None:
+    """Mid-epoch, the consumed batches are skipped by count (``position.batch``): the batch size and
+    the number of data-parallel replicas must be those that consumed them. Checkpoints record both in
+    ``extra`` (``batch_size``, ``replicas``; older ones ``dp_size`` or ``world_size``)."""
+    saved = (extra.get("batch_size"), extra.get("replicas", extra.get("dp_size", extra.get("world_size"))))
+    if position.batch and saved != (batch_size, replicas):
+        raise CheckpointError(f"checkpoint {path} was written mid-epoch ({position.batch} batches into epoch "
+                              f"{position.epoch}) with --batch_size {saved[0]} on {saved[1]} process(es) (data-"
+                              f"parallel replicas); this run has --batch_size {batch_size} on {replicas}: resume "
+                              "with those, or from a checkpoint written at an epoch end")
+
+
 def _first_sentence(err: BaseException) -> str:
     """The cause in ``err``'s message, as whole sentences: PyTorch's weights-only load errors wrap the
     unpickler's reason (``WeightsUnpickler error: ...``) in paragraphs of advice about ``weights_only``

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
+from runtime.cli import evaluation_summary
 from runtime.compile import maybe_compile
 from runtime.distributed import shutdown
 from runtime.errors import run_main
@@ -43,8 +44,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
             run.declare_units(logger, (f"{split}_mae", f"{split}_mae_baseline_mean"))
             result = {f"{split}_mae": scores["mae"],
                       f"{split}_mae_baseline_mean": baseline_mae(run.dataset.split_targets, run.scaler),
-                      f"{split}_loss": scores["loss"], f"{split}_size": scores["count"], "task": run.task,
-                      "checkpoint": args.load_ckpt_path}
+                      f"{split}_loss": scores["loss"], "task": run.task,
+                      **evaluation_summary(run.checkpoint, split, scores["count"], run.model, run.env.world_size)}
             logger.log((), result)
     finally:
         logger.close()

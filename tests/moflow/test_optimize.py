@@ -88,7 +88,7 @@ def trained(tmp_path_factory):
     preprocess.main(["--dataset", "sample", "--data_dir", str(d), "--max_molecules", "200",
                      "--max_atoms", "18", "--max_nodes", "18", "--valid_fraction", "0.1"])
     args = train.build_parser().parse_args(["--data_dir", str(d), "--log_dir", str(d / "run"), "--save_ckpt_path",
-                                            str(d / "run" / "moflow.pt"), "--epochs", "1", *TINY])
+                                            str(d / "run" / "checkpoint.pt"), "--epochs", "1", *TINY])
     train.train(args)
     return d
 
@@ -101,7 +101,7 @@ def _tsv(path):
 
 def test_constrained_plogp_cli(trained, tmp_path, capsys):
     out = tmp_path / "plogp.tsv"
-    optimize.main(["--load_ckpt_path", str(trained / "run" / "moflow.pt"), "--property", "plogp",
+    optimize.main(["--load_ckpt_path", str(trained / "run" / "checkpoint.pt"), "--property", "plogp",
                    "--similarity_thresholds", "0.0", "0.4", "--num_start", "3", "--steps", "5", "--step_size", "0.2",
                    "--num_train", "60", "--fit_epochs", "5", "--output", str(out)])
     printed = capsys.readouterr().out
@@ -129,4 +129,4 @@ def test_constrained_plogp_cli(trained, tmp_path, capsys):
         assert float(s["success_rate"]) == pytest.approx(100 * len(ok) / 3, abs=1e-3)
     # bad flag values fail before any work
     with pytest.raises(ConfigError, match="similarity_thresholds"):
-        optimize.main(["--load_ckpt_path", str(trained / "run" / "moflow.pt"), "--similarity_thresholds", "1.5"])
+        optimize.main(["--load_ckpt_path", str(trained / "run" / "checkpoint.pt"), "--similarity_thresholds", "1.5"])
