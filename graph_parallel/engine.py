@@ -32,17 +32,16 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from graph_parallel.data import EMBEDDED_DATA_DIR, Collater, find_split, open_dataset
+from graph_parallel.data.batch import IndexedDataset, S2EFBatch
+from graph_parallel.losses import SUMS, EnergyBaselines, Normalizer, s2ef_error_sums, s2ef_metrics
+from graph_parallel.models import predict
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.cli import add_refused, positive_float, positive_int, refuse_unused
 from runtime.data import ShardSampler, make_loader
 from runtime.distributed import ProcessGrid, get_world_size, is_initialized
 from runtime.errors import ConfigError, DataError, MissingFileError
 from runtime.precision import Precision
-
-from .data import EMBEDDED_DATA_DIR, Collater, find_split, open_dataset
-from .data.batch import IndexedDataset, S2EFBatch
-from .losses import SUMS, EnergyBaselines, Normalizer, s2ef_error_sums, s2ef_metrics
-from .models import predict
 
 RECIPE = "graph_parallel"
 EMBEDDED = "emt_small"
@@ -272,8 +271,8 @@ class InferenceRun:
         from runtime.distributed import init_distributed, is_main_process
         from runtime.precision import set_tf32
 
-        from .checkpoints import model_from_checkpoint
-        from .losses import energy_statistics
+        from graph_parallel.checkpoints import model_from_checkpoint
+        from graph_parallel.losses import energy_statistics
 
         check_performance_flags(args)
         self.env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,

@@ -39,6 +39,15 @@ from typing import Dict, List, Optional
 
 import torch
 
+from graph_parallel.data import Collater
+from graph_parallel.ema import EMA
+from graph_parallel.engine import DEFAULT_CUTOFF, DEFAULT_DATA_DIR, DEFAULT_MAX_NEIGHBORS, EMBEDDED, RECIPE, \
+    RESULTS_DIR, add_data_args, add_grid_args, check_performance_flags, dataset_dir, dataset_name, eval_loader, \
+    evaluate_split, forward, gather_peak_memory, make_collater, make_grid, make_precision, open_split, world_info
+from graph_parallel.losses import EnergyBaselines, Normalizer, energy_statistics, s2ef_loss
+from graph_parallel.models import MODELS, build_model, count_parameters, fit_scale_factors, load_scale_file, \
+    model_from_config, scale_factors_by_name
+from graph_parallel.parallel import sync_gradients
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import check_meta, check_mid_epoch_resume, load_checkpoint, read_checkpoint, \
     save_checkpoint
@@ -53,16 +62,6 @@ from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer, make_scheduler
 from runtime.precision import set_tf32
 
-from .data import Collater
-from .ema import EMA
-from .engine import DEFAULT_CUTOFF, DEFAULT_DATA_DIR, DEFAULT_MAX_NEIGHBORS, EMBEDDED, RECIPE, RESULTS_DIR, \
-    add_data_args, add_grid_args, check_performance_flags, dataset_dir, dataset_name, eval_loader, \
-    evaluate_split, forward, gather_peak_memory, make_collater, make_grid, make_precision, open_split, world_info
-from .losses import EnergyBaselines, Normalizer, energy_statistics, s2ef_loss
-from .models import MODELS, build_model, count_parameters, fit_scale_factors, load_scale_file, \
-    model_from_config, scale_factors_by_name
-from .parallel import sync_gradients
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m graph_parallel.train", description=__doc__.split("\n\n")[0])
@@ -73,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=sorted(MODELS), default=None,
                    help="network (default: dimenetpp; when resuming or fine-tuning, the checkpoint's)")
-    g.add_argument("--preset", default=None,
-                   help="model size preset: small, base, large (DimeNet++), xl; see the README (default: base; "
-                        "when resuming or fine-tuning, the checkpoint's architecture)")
+    g.add_argument("--preset", default=None, choices=sorted({p for _, presets in MODELS.values() for p in presets}),
+                   help="model size preset (large: DimeNet++ only); see the README (default: base; when resuming or "
+                        "fine-tuning, the checkpoint's architecture)")
     add_grid_args(g)
     g.add_argument("--fit_scale_batches", type=non_negative_int, default=4,
                    help="GemNet: batches of a single process's epoch-0 order used to fit the scaling factors "

@@ -27,6 +27,7 @@ OUT_OF_RANGE = [(m, ["--batch_size", "0"], "expected a positive integer") for m 
     ("moflow.evaluate", ["--temperature", "-1"], "expected a non-negative number"),
     ("moflow.train", ["--val_samples", "-1"], "expected a non-negative integer"),
     ("moflow.interpolate", ["--smiles", "C", "CC", "--steps", "0"], "expected a positive integer"),
+    ("graph_parallel.train", ["--preset", "bogus"], "invalid choice: 'bogus'"),   # a listed choice, as elsewhere
 ]
 ABBREVIATED = [(m, ["--batch", "8"], "unrecognized arguments: --batch") for m in TRAIN + INFERENCE] + [
     (m, ["--epoch", "1"], "unrecognized arguments: --epoch") for m in TRAIN] + [
