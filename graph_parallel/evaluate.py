@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 from runtime.cli import evaluation_summary
 from runtime.distributed import is_main_process, shutdown
 from runtime.errors import run_main
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 
 from .engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, evaluate_split, world_info
 
@@ -51,9 +51,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         run = InferenceRun(args)
-        logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                              wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                              run_name=f"{run.info['name']}-evaluate", recipe=RECIPE)
+        logger = logger_from_args(args, RECIPE, run_name=f"{run.info['name']}-evaluate")
         try:
             logger.log_params({**vars(args), "model": run.info["name"], "model_config": run.info["meta"].get("config"),
                                **world_info(run.grid)})

@@ -36,7 +36,7 @@ from runtime.cli import evaluation_summary, prediction_path
 from runtime.distributed import is_initialized, is_main_process, shutdown
 from runtime.errors import run_main
 from runtime.io import atomic_write, ensure_writable_dir
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 
 from .engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, forward, world_info
 
@@ -102,9 +102,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         run = InferenceRun(args, indexed=True)
         if is_main_process() and not args.benchmark:
             ensure_writable_dir(os.path.dirname(os.path.abspath(output)), "--output")
-        logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                              wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                              run_name=f"{run.info['name']}-predict", recipe=RECIPE)
+        logger = logger_from_args(args, RECIPE, run_name=f"{run.info['name']}-predict")
         try:
             logger.log_params({**vars(args), "model": run.info["name"], **world_info(run.grid)})
             if args.benchmark:

@@ -57,7 +57,7 @@ from runtime.data import EpochSampler, check_batch_size, make_loader
 from runtime.distributed import broadcast_module, init_distributed, is_main_process, shutdown
 from runtime.errors import CheckpointError, ConfigError, run_main
 from runtime.io import check_output_locations
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer, make_scheduler
 from runtime.precision import set_tf32
@@ -278,9 +278,7 @@ def train(args, env) -> dict:
     if ema is not None and resuming and extra.get("ema"):
         ema.load_state_dict(extra["ema"], where=f"checkpoint {args.load_ckpt_path}")
 
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name=f"{name}-gp{args.gp_size}", recipe=RECIPE, append=resuming)
+    logger = logger_from_args(args, RECIPE, run_name=f"{name}-gp{args.gp_size}", append=resuming)
     try:
         return _run(args, device, grid, model, name, preset, meta, norm, baselines, precision, optimizer, scheduler,
                     ema, loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger,

@@ -28,7 +28,7 @@ from runtime.cuda_graphs import require_cuda_graphs
 from runtime.distributed import init_distributed
 from runtime.errors import ConfigError, run_main
 from runtime.io import atomic_write, check_output_locations
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 from runtime.precision import Precision
 from runtime.seed import seed_everything
 
@@ -115,9 +115,7 @@ def main(argv=None) -> dict:
         metrics.update(split_metrics(model, cache, args.split, args.num_molecules, args.batch_size, precision))
     metrics.update(num_samples=args.num_samples, temperature=args.temperature,
                    **evaluation_summary(checkpoint, args.split, evaluated, model, env.world_size))
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          recipe="moflow")
+    logger = logger_from_args(args, "moflow")
     logger.log((), metrics)
     logger.close()
     with atomic_write(output, "w", encoding="utf-8") as f:

@@ -27,7 +27,7 @@ from runtime.cuda_graphs import capture_inference, require_cuda_graphs
 from runtime.distributed import init_distributed
 from runtime.errors import CheckpointError, ConfigError, run_main
 from runtime.io import atomic_write, check_output_locations
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 from runtime.precision import Precision
 from runtime.seed import seed_everything
 
@@ -187,9 +187,7 @@ def main(argv=None) -> dict:
     else:
         model, info = load_trained_model(checkpoint, env.device)
     precision = Precision(args.amp, env.device, args.amp_dtype)
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          recipe="moflow")
+    logger = logger_from_args(args, "moflow")
     logger.log_params(dict(vars(args)))
     reverse = make_reverse(model, args, precision)
     if args.benchmark:

@@ -33,7 +33,7 @@ from runtime.data import EpochSampler, ShardSampler, check_batch_size, make_load
 from runtime.distributed import all_reduce_sum, init_distributed, is_main_process, shutdown, wrap_ddp
 from runtime.errors import CheckpointError, ConfigError, run_main
 from runtime.io import check_output_locations
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer
 from runtime.precision import Precision, set_tf32
@@ -242,9 +242,7 @@ def train(args) -> dict:
             load_checkpoint(args.load_ckpt_path, model, expect=expect, state=state)
     seed_everything(args.seed, env.rank)
 
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name="moflow", recipe="moflow", append=resuming)
+    logger = logger_from_args(args, "moflow", run_name="moflow", append=resuming)
     try:
         result = _run(args, env, cache, config, meta, model, optimizer, precision, loader, sampler, position,
                       resuming, save_path, len(train_set), logger)

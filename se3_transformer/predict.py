@@ -19,7 +19,7 @@ from runtime.distributed import is_main_process, shutdown
 from runtime.errors import run_main
 from runtime.cli import evaluation_summary, prediction_path
 from runtime.io import atomic_write, check_output_locations
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 from se3_transformer.engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, \
     gather_shards, predict_batches
 
@@ -39,9 +39,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if is_main_process() and not args.benchmark:
         check_output_locations(args.log_dir, output=output)
     model = maybe_compile(run.model, args.compile)
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name=f"se3_transformer_predict_{run.task}", recipe=RECIPE)
+    logger = logger_from_args(args, RECIPE, run_name=f"se3_transformer_predict_{run.task}")
     try:
         logger.log_params({**vars(args), "model_config": run.config})
         if args.benchmark:

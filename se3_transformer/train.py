@@ -43,7 +43,7 @@ from runtime.data import EpochSampler, ShardSampler, check_batch_size, make_load
 from runtime.distributed import barrier, init_distributed, is_main_process, shutdown, wrap_ddp
 from runtime.errors import CheckpointError, ConfigError, run_main
 from runtime.io import check_output_locations
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer
 from runtime.precision import Precision, set_tf32
@@ -140,9 +140,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             check_identity(args.load_ckpt_path, state["meta"], meta,
                            hint="; to train its weights on another task or dataset, add --finetune")
     resuming = state is not None and not args.finetune
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name=f"se3_transformer_{args.task}", recipe=RECIPE, append=resuming)
+    logger = logger_from_args(args, RECIPE, run_name=f"se3_transformer_{args.task}", append=resuming)
     try:
         result = _train(args, env, device, config, meta, state, resuming, logger, save_path)
     finally:
