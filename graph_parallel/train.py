@@ -49,8 +49,8 @@ from graph_parallel.models import MODELS, build_model, count_parameters, fit_sca
     model_from_config, scale_factors_by_name
 from graph_parallel.parallel import sync_gradients
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import check_meta, check_mid_epoch_resume, load_checkpoint, read_checkpoint, \
-    save_checkpoint
+from runtime.checkpoint import check_meta, check_mid_epoch_resume, config_differences, load_checkpoint, \
+    read_checkpoint, save_checkpoint
 from runtime.cli import ArgumentParser, add_common_args, add_refused, checkpoint_to_save, non_negative_int, \
     optimizer_betas, resolve_num_workers, sgd_momentum
 from runtime.data import EpochSampler, check_batch_size, make_loader
@@ -113,11 +113,6 @@ def check_flags(args) -> None:
                               "drop one of them")
 
 
-def _config_differences(saved: Dict, wanted: Dict) -> List[str]:
-    return [f"{k}: checkpoint has {saved.get(k)!r}, this run has {wanted.get(k)!r}"
-            for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-
-
 def resolve_model(args, state: Optional[Dict]):
     """(model, name, preset) of this run; a checkpoint's identity is checked here (see the module table)."""
     path = args.load_ckpt_path
@@ -145,7 +140,7 @@ def resolve_model(args, state: Optional[Dict]):
                     wanted = build_model(name, args.preset, cutoff=args.cutoff).config_dict()
                 except ValueError as err:
                     raise ConfigError(str(err)) from None
-                differ = _config_differences(config, wanted)
+                differ = config_differences(config, wanted)
                 if differ:
                     raise ConfigError(f"--preset {args.preset} disagrees with checkpoint {path}: " + "; ".join(differ)
                                       + " (--finetune keeps the checkpoint's architecture: drop --preset)")
@@ -163,7 +158,7 @@ def resolve_model(args, state: Optional[Dict]):
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if state is not None:                  # resume: the same architecture
-        differ = _config_differences(config, model.config_dict())
+        differ = config_differences(config, model.config_dict())
         if differ:
             raise CheckpointError(f"checkpoint {path} has another architecture: " + "; ".join(differ)
                                   + " (pass the checkpoint's --preset and --cutoff, or --finetune)")

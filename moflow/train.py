@@ -24,7 +24,8 @@ from moflow.data.dataset import MoleculeCache
 from moflow.generate import sample_smiles
 from moflow.model import MoFlow, MoFlowObjective, initialize_actnorm
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import check_mid_epoch_resume, load_checkpoint, read_checkpoint, save_checkpoint
+from runtime.checkpoint import check_mid_epoch_resume, config_differences, load_checkpoint, read_checkpoint, \
+    save_checkpoint
 from runtime.cli import ArgumentParser, add_bool, add_common_args, add_refused, checkpoint_to_save, \
     non_negative_float, non_negative_int, optimizer_betas, positive_int, resolve_num_workers
 from runtime.compile import maybe_compile
@@ -119,8 +120,7 @@ def resume_config(args, state: Dict, cache: MoleculeCache) -> ModelConfig:
         asked = {**MODEL_PRESETS[args.preset], **asked}
         asked.pop("max_nodes", None)
         asked.pop("num_atom_channels", None)
-    differ = [f"{k}: checkpoint has {getattr(config, k)!r}, this run has {v!r}" for k, v in asked.items()
-              if getattr(config, k) != v]
+    differ = config_differences({k: getattr(config, k) for k in asked}, asked, keys=list(asked))
     if differ:
         raise CheckpointError(f"checkpoint {args.load_ckpt_path} does not match this run: " + "; ".join(differ))
     return config

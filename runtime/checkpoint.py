@@ -28,7 +28,7 @@ import random
 import re
 import shutil
 import zipfile
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -179,10 +179,21 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any],
+                       keys: Optional[Iterable[str]] = None,
+                       describe: Optional[Callable[[Any], str]] = None) -> List[str]:
+    """``"key: checkpoint has X, this run has Y"`` for each key (default: both sides' keys, sorted) on
+    which a checkpoint's config or identity and this run's differ: every recipe's identity check words
+    its refusal with this."""
+    describe = describe or _describe
+    keys = sorted(set(saved) | set(wanted)) if keys is None else keys
+    return [f"{key}: checkpoint has {describe(saved.get(key))}, this run has {describe(wanted.get(key))}"
+            for key in keys if saved.get(key) != wanted.get(key)]
+
+
 def check_meta(path: str, meta: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
     """Refuse a checkpoint whose identity differs from ``expect`` on any key ``expect`` names."""
-    differences = [f"{key}: checkpoint has {_describe(meta.get(key))}, this run has {_describe(want)}"
-                   for key, want in expect.items() if meta.get(key) != want]
+    differences = config_differences(meta, expect, keys=list(expect))
     if differences:
         raise CheckpointError(f"checkpoint {path} does not match this run: " + "; ".join(differences))
 

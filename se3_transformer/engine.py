@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import check_meta, load_checkpoint, read_checkpoint
+from runtime.checkpoint import check_meta, config_differences, load_checkpoint, read_checkpoint
 from runtime.cli import ArgumentParser, add_bool, add_common_args, checkpoint_to_load, positive_int, refuse_unused, \
     resolve_num_workers
 from runtime.data import ShardSampler, make_loader
@@ -152,8 +152,7 @@ def check_identity(path: str, meta: Dict, expect: Dict, hint: str = "") -> None:
     config = expect.get("config")
     saved = meta.get("config")
     if config is not None and isinstance(saved, dict) and saved != config:
-        differ = [f"{k}: checkpoint has {_flag(saved.get(k))}, this run has {_flag(config.get(k))}"
-                  for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+        differ = config_differences(saved, config, describe=_flag)
         raise CheckpointError(f"checkpoint {path} has another architecture: " + "; ".join(differ)
                               + " (pass the checkpoint's model flags)")
     try:

@@ -194,3 +194,14 @@ def test_sigkill_during_save_keeps_a_loadable_checkpoint(tmp_path, point):
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
     assert leftovers == [], f"stale temporary files survived the next save: {leftovers}"
     assert torch.load(path, weights_only=True)["position"]["step"] == 3
+
+
+def test_config_differences_word_every_recipes_refusal():
+    from runtime.checkpoint import config_differences
+
+    saved, wanted = {"layers": 2, "norm": True, "width": 8}, {"layers": 3, "norm": True, "heads": 4}
+    assert config_differences(saved, wanted) == ["heads: checkpoint has None, this run has 4",
+                                                 "layers: checkpoint has 2, this run has 3",
+                                                 "width: checkpoint has 8, this run has None"]
+    assert config_differences(saved, wanted, keys=["layers"], describe=str) == ["layers: checkpoint has 2, this run "
+                                                                                "has 3"]
