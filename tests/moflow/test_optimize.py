@@ -10,8 +10,8 @@ from moflow.data.dataset import MoleculeCache
 from runtime.errors import ConfigError
 
 TINY = ["--b_n_flow", "2", "--b_hidden_ch", "16", "--b_n_squeeze", "6", "--b_conv_lu", "1",
-        "--a_n_flow", "4", "--a_hidden_gnn", "8", "--a_hidden_lin", "8", "--batch_size", "32",
-        "--silent", "--num_workers", "0", "--val_samples", "0"]
+        "--a_n_flow", "4", "--a_hidden_gnn", "8", "--a_hidden_lin", "8", "--batch_size", "23",
+        "--silent", "--num_workers", "0", "--val_samples", "0"]  # batch: the 23 training molecules
 
 
 def test_penalized_logp_matches_the_reference():
