@@ -36,7 +36,7 @@ def test_short_training_lowers_loss(model, tmp_path):
 def test_refused_flags(tmp_path, data, checkpoint):
     cases = [(["--evaluate"], "graph_parallel.evaluate"), (["--cuda_graphs"], "--cuda_graphs is not supported"),
              (["--compile"], "--compile is not supported"), (["--gp_size", "3"], "--gp_size 3 must divide"),
-             (["--preset", "huge"], "unknown preset 'huge'"), (["--finetune"], "--finetune needs --load_ckpt_path"),
+             (["--preset", "huge"], "invalid choice: 'huge'"), (["--finetune"], "--finetune needs --load_ckpt_path"),
              (["--scale_file", "s.json"], "--scale_file applies to GemNet"),
              (["--model", "gemnet_t", "--scale_file", "s.json", "--load_ckpt_path", checkpoint], "carries its scale"),
              (["--train_path", "x"], "use --dataset DIR"), (["--ema_decay", "1"], "--ema_decay must lie")]
