@@ -26,25 +26,23 @@ evaluation         a :class:`~runtime.data.ShardSampler` over the data-parallel 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
+from graph_parallel.data import EMBEDDED_DATA_DIR, Collater, find_split, open_dataset
+from graph_parallel.data.batch import IndexedDataset, S2EFBatch
+from graph_parallel.losses import SUMS, EnergyBaselines, Normalizer, s2ef_error_sums, s2ef_metrics
+from graph_parallel.models import predict
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.cli import add_refused, positive_float, positive_int
+from runtime.cli import add_refused, positive_float, positive_int, refuse_unused
 from runtime.data import ShardSampler, make_loader
 from runtime.devicecheck import expected_sync
 from runtime.distributed import ProcessGrid, get_world_size, is_initialized
 from runtime.errors import ConfigError, DataError, MissingFileError
 from runtime.precision import Precision
-
-from .data import EMBEDDED_DATA_DIR, Collater, find_split, open_dataset
-from .data.batch import IndexedDataset, S2EFBatch
-from .losses import SUMS, EnergyBaselines, Normalizer, s2ef_error_sums, s2ef_metrics
-from .models import predict
 
 RECIPE = "graph_parallel"
 EMBEDDED = "emt_small"
@@ -74,9 +72,20 @@ def add_data_args(parser: argparse.ArgumentParser, from_checkpoint: bool = False
         group.add_argument("--max_neighbors", type=positive_int, default=None,
                            help=f"nearest neighbours kept per atom (default: {DEFAULT_MAX_NEIGHBORS}; when "
                                 "resuming or fine-tuning, the checkpoint's)")
+    parser.add_check(check_data_dir)
     for flag in ("--train_path", "--val_path"):
         add_refused(parser, flag, "use --dataset DIR, a directory holding the splits (train.lmdb or train/, "
                                   "val.lmdb or val/, ...); link the files into one directory")
+
+
+def check_data_dir(args, given) -> None:
+    """``--data_dir`` is where a ``--dataset`` name is looked up; a path given and not used is an error."""
+    if "data_dir" not in given:
+        return
+    if args.dataset == EMBEDDED:
+        refuse_unused("--data_dir", f"with --dataset {EMBEDDED} (the set embedded in the package)")
+    if args.dataset and Path(args.dataset).is_dir():
+        refuse_unused("--data_dir", f"when --dataset {args.dataset} is itself a directory")
 
 
 def add_grid_args(parser: argparse.ArgumentParser) -> None:
@@ -233,18 +242,6 @@ def world_info(grid: ProcessGrid) -> Dict[str, int]:
     return {"world_size": get_world_size(), "gp_size": grid.gp_size, "dp_size": grid.dp_size}
 
 
-def check_output_locations(log_dir: str, save_path: Optional[str] = None) -> None:
-    """Fail in seconds, not after hours: the log directory and the checkpoint's directory must be writable."""
-    from runtime.io import ensure_writable_dir
-
-    ensure_writable_dir(log_dir, "--log_dir")
-    if save_path:
-        if os.path.isdir(save_path):
-            raise ConfigError(f"--save_ckpt_path {save_path} is a directory; give a file name, e.g. "
-                              f"{os.path.join(save_path, 'checkpoint.pt')}")
-        ensure_writable_dir(os.path.dirname(os.path.abspath(save_path)), "--save_ckpt_path")
-
-
 # ---- evaluate / predict ------------------------------------------------------------------------------
 def build_inference_parser(prog: str, description: str, entry: str) -> argparse.ArgumentParser:
     """The flags of ``evaluate`` and ``predict``: the shared eval group, data, ``--split``, ``--gp_size``.
@@ -254,7 +251,7 @@ def build_inference_parser(prog: str, description: str, entry: str) -> argparse.
     from runtime.cli import ArgumentParser, add_bool, add_common_args
 
     parser = ArgumentParser(prog=prog, description=description)
-    add_common_args(parser, kind="eval", batch_size=8, data_dir=DEFAULT_DATA_DIR, log_dir=RESULTS_DIR,
+    add_common_args(parser, kind="eval", batch_size=8, log_dir=RESULTS_DIR, data_dir=DEFAULT_DATA_DIR,
                     dllogger_name=f"{entry}_log.json", benchmark_warmup=3, benchmark_steps=10)
     add_data_args(parser, from_checkpoint=True)
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split to use")
@@ -273,18 +270,16 @@ class InferenceRun:
     """
 
     def __init__(self, args: argparse.Namespace, indexed: bool = False):
-        from runtime.cli import resolve_num_workers
+        from runtime.cli import checkpoint_to_load, resolve_num_workers
         from runtime.distributed import init_distributed, is_main_process
         from runtime.precision import set_tf32
 
-        from .checkpoints import model_from_checkpoint
-        from .losses import energy_statistics
+        from graph_parallel.checkpoints import model_from_checkpoint
+        from graph_parallel.losses import energy_statistics
 
-        if not args.load_ckpt_path:
-            raise ConfigError("--load_ckpt_path is required: a checkpoint written by graph_parallel.train or "
-                              "graph_parallel.convert")
         check_performance_flags(args)
-        self.env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+        self.env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
+                                    device=args.device)
         self.device = device = self.env.device
         self.grid = make_grid(args.gp_size)
         if args.tf32 is not None:
@@ -293,12 +288,12 @@ class InferenceRun:
             from runtime.io import ensure_writable_dir
 
             ensure_writable_dir(args.log_dir, "--log_dir")
-        self.model, self.info = model_from_checkpoint(args.load_ckpt_path, device, use_ema=args.use_ema)
+        self.checkpoint = checkpoint_to_load(args)
+        self.model, self.info = model_from_checkpoint(self.checkpoint, device, use_ema=args.use_ema)
         for p in self.model.parameters():           # only -dE/dpos is needed
             p.requires_grad_(False)
         extra = self.info["extra"]
-        args.dataset = args.dataset or self.info["meta"].get("dataset") or EMBEDDED
-        root = dataset_dir(args.dataset, args.data_dir)
+        root = self.data_root(args, extra)
         self.dataset = open_split(root, args.split)
         self.norm = Normalizer(**self.info["normalizer"])
         if extra.get("baselines"):
@@ -312,3 +307,13 @@ class InferenceRun:
         collater = make_collater(self.model, self.info["cutoff"], self.info["max_neighbors"], self.grid)
         self.loader = eval_loader(self.dataset, args.batch_size, collater, self.grid,
                                   resolve_num_workers(args.num_workers, device), device, indexed=indexed)
+
+    def data_root(self, args, extra: Dict) -> Path:
+        """``--dataset`` (under ``--data_dir``), or else the directory the checkpoint was trained on (stored
+        resolved, so this works from any working directory), or else the checkpoint's dataset name."""
+        if args.dataset:
+            return dataset_dir(args.dataset, args.data_dir)
+        saved = extra.get("dataset_path")
+        if saved and Path(saved).is_dir():
+            return Path(saved)
+        return dataset_dir(self.info["meta"].get("dataset") or EMBEDDED, args.data_dir)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
+from runtime.cli import evaluation_summary
 from runtime.distributed import is_main_process, shutdown
 from runtime.errors import run_main
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 
 from .engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, evaluate_split, world_info
 
@@ -50,9 +51,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         run = InferenceRun(args)
-        logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                              wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                              run_name=f"{run.info['name']}-evaluate", recipe=RECIPE)
+        logger = logger_from_args(args, RECIPE, run_name=f"{run.info['name']}-evaluate")
         try:
             logger.log_params({**vars(args), "model": run.info["name"], "model_config": run.info["meta"].get("config"),
                                **world_info(run.grid)})
@@ -63,7 +62,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
                 metrics = evaluate_split(run.model, run.loader, run.grid, run.precision, run.device, run.norm,
                                          run.baselines, run.energy_coef, run.force_coef)
                 result = {f"{args.split}_{k}": v for k, v in metrics.items()}
-                logger.log((), {**result, "checkpoint": args.load_ckpt_path})
+                result.update(evaluation_summary(run.checkpoint, args.split, result[f"{args.split}_size"], run.model,
+                                                 run.env.world_size))
+                logger.log((), result)
                 if is_main_process():
                     print(format_table(args.split, result), flush=True)
         finally:

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.cli import evaluation_summary, prediction_path
 from runtime.devicecheck import expected_sync
 from runtime.distributed import is_initialized, is_main_process, shutdown
-from runtime.errors import ConfigError, run_main
+from runtime.errors import run_main
 from runtime.io import atomic_write, ensure_writable_dir
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 
 from .engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, forward, world_info
 
@@ -99,16 +100,12 @@ def write_npz(path: str, arrays: dict) -> None:
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
-    output = args.output or os.path.join(args.log_dir, f"predictions_{args.split}.npz")
-    if not args.benchmark and not output.endswith(".npz"):
-        raise ConfigError(f"--output {output}: predictions are written as .npz (numpy.load); name the file *.npz")
+    output = prediction_path(args.output, args.log_dir, args.split, ("npz",))
     try:
         run = InferenceRun(args, indexed=True)
         if is_main_process() and not args.benchmark:
             ensure_writable_dir(os.path.dirname(os.path.abspath(output)), "--output")
-        logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                              wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                              run_name=f"{run.info['name']}-predict", recipe=RECIPE)
+        logger = logger_from_args(args, RECIPE, run_name=f"{run.info['name']}-predict")
         try:
             logger.log_params({**vars(args), "model": run.info["name"], **world_info(run.grid)})
             if args.benchmark:
@@ -119,8 +116,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
                 if is_main_process():
                     write_npz(output, arrays)
                     print(f"wrote energies and forces of {len(arrays['energy'])} structures to {output}", flush=True)
-                result = {f"{args.split}_size": len(arrays["energy"])}
-                logger.log((), {**result, "checkpoint": args.load_ckpt_path})
+                result = evaluation_summary(run.checkpoint, args.split, len(arrays["energy"]), run.model,
+                                            run.env.world_size)
+                logger.log((), result)
                 result["output"] = output
         finally:
             logger.close()

@@ -34,47 +34,47 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Dict, List, Optional
 
 import torch
 
+from graph_parallel.data import Collater
+from graph_parallel.ema import EMA
+from graph_parallel.engine import DEFAULT_CUTOFF, DEFAULT_DATA_DIR, DEFAULT_MAX_NEIGHBORS, EMBEDDED, RECIPE, \
+    RESULTS_DIR, add_data_args, add_grid_args, check_performance_flags, dataset_dir, dataset_name, eval_loader, \
+    evaluate_split, forward, gather_peak_memory, make_collater, make_grid, make_precision, open_split, world_info
+from graph_parallel.losses import EnergyBaselines, Normalizer, energy_statistics, s2ef_loss
+from graph_parallel.models import MODELS, build_model, count_parameters, fit_scale_factors, load_scale_file, \
+    model_from_config, scale_factors_by_name
+from graph_parallel.parallel import sync_gradients
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import check_meta, load_checkpoint, read_checkpoint, save_checkpoint
-from runtime.cli import ArgumentParser, add_common_args, add_refused, non_negative_int, optimizer_betas, \
-    resolve_num_workers, sgd_momentum
-from runtime.data import EpochSampler, make_loader
+from runtime.checkpoint import check_meta, check_mid_epoch_resume, config_differences, load_checkpoint, \
+    read_checkpoint, save_checkpoint
+from runtime.cli import ArgumentParser, add_common_args, add_refused, checkpoint_to_save, non_negative_int, \
+    optimizer_betas, resolve_num_workers, sgd_momentum
+from runtime.data import EpochSampler, check_batch_size, make_loader
 from runtime.distributed import broadcast_module, init_distributed, is_main_process, shutdown
 from runtime.errors import CheckpointError, ConfigError, run_main
-from runtime.logging import setup_logger
+from runtime.io import check_output_locations
+from runtime.logging import logger_from_args
 from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer, make_scheduler
 from runtime.precision import set_tf32
-
-from .data import Collater
-from .ema import EMA
-from .engine import DEFAULT_CUTOFF, DEFAULT_DATA_DIR, DEFAULT_MAX_NEIGHBORS, RECIPE, RESULTS_DIR, add_data_args, \
-    add_grid_args, check_output_locations, check_performance_flags, dataset_dir, dataset_name, eval_loader, \
-    evaluate_split, forward, gather_peak_memory, make_collater, make_grid, make_precision, open_split, world_info
-from .losses import EnergyBaselines, Normalizer, energy_statistics, s2ef_loss
-from .models import MODELS, build_model, count_parameters, fit_scale_factors, load_scale_file, \
-    model_from_config, scale_factors_by_name
-from .parallel import sync_gradients
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m graph_parallel.train", description=__doc__.split("\n\n")[0])
     add_common_args(parser, kind="train", batch_size=4, epochs=5, learning_rate=5e-4, optimizer="adamw",
-                    gradient_clip=10.0, data_dir=DEFAULT_DATA_DIR, log_dir=RESULTS_DIR, keep_last=2,
+                    gradient_clip=10.0, data_dir=DEFAULT_DATA_DIR, log_dir=RESULTS_DIR,
                     benchmark_warmup=3, benchmark_steps=10)
     add_data_args(parser)
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=sorted(MODELS), default=None,
                    help="network (default: dimenetpp; when resuming or fine-tuning, the checkpoint's)")
-    g.add_argument("--preset", default=None,
-                   help="model size preset: small, base, large (DimeNet++), xl; see the README (default: base; "
-                        "when resuming or fine-tuning, the checkpoint's architecture)")
+    g.add_argument("--preset", default=None, choices=sorted({p for _, presets in MODELS.values() for p in presets}),
+                   help="model size preset (large: DimeNet++ only); see the README (default: base; when resuming or "
+                        "fine-tuning, the checkpoint's architecture)")
     add_grid_args(g)
     g.add_argument("--fit_scale_batches", type=non_negative_int, default=4,
                    help="GemNet: batches of a single process's epoch-0 order used to fit the scaling factors "
@@ -113,11 +113,6 @@ def check_flags(args) -> None:
                               "drop one of them")
 
 
-def _config_differences(saved: Dict, wanted: Dict) -> List[str]:
-    return [f"{k}: checkpoint has {saved.get(k)!r}, this run has {wanted.get(k)!r}"
-            for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-
-
 def resolve_model(args, state: Optional[Dict]):
     """(model, name, preset) of this run; a checkpoint's identity is checked here (see the module table)."""
     path = args.load_ckpt_path
@@ -145,7 +140,7 @@ def resolve_model(args, state: Optional[Dict]):
                     wanted = build_model(name, args.preset, cutoff=args.cutoff).config_dict()
                 except ValueError as err:
                     raise ConfigError(str(err)) from None
-                differ = _config_differences(config, wanted)
+                differ = config_differences(config, wanted)
                 if differ:
                     raise ConfigError(f"--preset {args.preset} disagrees with checkpoint {path}: " + "; ".join(differ)
                                       + " (--finetune keeps the checkpoint's architecture: drop --preset)")
@@ -163,7 +158,7 @@ def resolve_model(args, state: Optional[Dict]):
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if state is not None:                  # resume: the same architecture
-        differ = _config_differences(config, model.config_dict())
+        differ = config_differences(config, model.config_dict())
         if differ:
             raise CheckpointError(f"checkpoint {path} has another architecture: " + "; ".join(differ)
                                   + " (pass the checkpoint's --preset and --cutoff, or --finetune)")
@@ -206,21 +201,12 @@ def set_scale_factors(model, args, train_set, collater: Collater, device) -> Opt
     return "fitted"
 
 
-def check_mid_epoch_resume(path: str, extra: Dict, position: Position, batch_size: int, dp_size: int) -> None:
-    """Mid-epoch, the consumed batches are skipped by count: batch size and data-parallel size must match."""
-    saved = (extra.get("batch_size"), extra.get("dp_size"))
-    if position.batch and saved != (batch_size, dp_size):
-        raise CheckpointError(f"checkpoint {path} was written mid-epoch ({position.batch} batches into epoch "
-                              f"{position.epoch}) with --batch_size {saved[0]} on {saved[1]} data-parallel group(s); "
-                              f"this run has --batch_size {batch_size} on {dp_size}: resume with those, or from a "
-                              "checkpoint written at an epoch end")
-
-
 # ---- main --------------------------------------------------------------------------------------------
 def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     check_flags(args)
-    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
+                           device=args.device)
     try:
         return train(args, env)
     finally:
@@ -232,14 +218,15 @@ def train(args, env) -> dict:
     grid = make_grid(args.gp_size)
     if args.tf32 is not None:
         set_tf32(args.tf32)
-    save_path = "" if args.benchmark else (
-        os.path.join(args.log_dir, "checkpoint.pt") if args.save_ckpt_path is None else args.save_ckpt_path)
+    save_path = checkpoint_to_save(args)
     if is_main_process():
         check_output_locations(args.log_dir, save_path)
 
     # ---- data and checkpoint, checked before any work ----
     root = dataset_dir(args.dataset, args.data_dir)
+    dataset_path = None if args.dataset == EMBEDDED else str(root.resolve())  # evaluate from any directory
     train_set = open_split(root, "train")
+    check_batch_size(args.batch_size, len(train_set), grid.dp_size, "structures")
     val_set = open_split(root, "val", required=False)
     state = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
     resuming = state is not None and not args.finetune
@@ -287,18 +274,18 @@ def train(args, env) -> dict:
     if ema is not None and resuming and extra.get("ema"):
         ema.load_state_dict(extra["ema"], where=f"checkpoint {args.load_ckpt_path}")
 
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name=f"{name}-gp{args.gp_size}", recipe=RECIPE, append=resuming)
+    logger = logger_from_args(args, RECIPE, run_name=f"{name}-gp{args.gp_size}", append=resuming)
     try:
         return _run(args, device, grid, model, name, preset, meta, norm, baselines, precision, optimizer, scheduler,
-                    ema, loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger)
+                    ema, loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger,
+                    dataset_path)
     finally:
         logger.close()
 
 
 def _run(args, device, grid, model, name, preset, meta, norm, baselines, precision, optimizer, scheduler, ema,
-         loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger) -> dict:
+         loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger,
+         dataset_path) -> dict:
     n_params = count_parameters(model)
     logger.log_params({**vars(args), "save_ckpt_path": save_path, "model_config": meta["config"],
                        "normalizer": norm.state_dict()})
@@ -347,7 +334,9 @@ def _run(args, device, grid, model, name, preset, meta, norm, baselines, precisi
                  "max_neighbors": int(args.max_neighbors), "preset": preset,
                  "ema": ema.state_dict() if ema is not None else None, "source": "graph_parallel.train",
                  "scale_factors": scale_source, "energy_coef": args.energy_coef, "force_coef": args.force_coef,
-                 "batch_size": args.batch_size, "dp_size": grid.dp_size, "gp_size": grid.gp_size}
+                 "batch_size": args.batch_size, "replicas": grid.dp_size, "dp_size": grid.dp_size,
+                 "gp_size": grid.gp_size,
+                 "dataset_path": dataset_path}
         save_checkpoint(save_path, model, optimizer, scheduler, precision, meta=meta, position=pos.to_dict(),
                         extra=extra, keep_last=args.keep_last if periodic else None)
 

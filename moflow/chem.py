@@ -162,6 +162,19 @@ def _decode_chunk(job) -> List[Optional[str]]:
     return graphs_to_smiles(atoms, bonds, atomic_nums, correct)
 
 
+def sample_quality(raw: Sequence[Optional[str]], corrected: Sequence[Optional[str]]) -> Dict[str, float]:
+    """Percentages of ``n`` generated molecules: ``validity`` (after valency correction),
+    ``validity_without_correction``, and ``uniqueness`` = distinct valid corrected molecules over
+    valid corrected molecules. The one definition of these names in training logs, evaluate and predict."""
+    n = len(corrected)
+    if n == 0 or len(raw) != n:
+        raise ValueError(f"need equally many raw and corrected results, got {len(raw)} and {n}")
+    valid = [s for s in corrected if s is not None]
+    return {"validity": 100.0 * len(valid) / n,
+            "validity_without_correction": 100.0 * sum(s is not None for s in raw) / n,
+            "uniqueness": 100.0 * len(set(valid)) / len(valid) if valid else 0.0}
+
+
 def generation_metrics(raw: Sequence[Optional[str]], corrected: Sequence[Optional[str]],
                        train_smiles: Iterable[Optional[str]], *, train_decoded: bool = False) -> Dict[str, float]:
     """Percentages: validity (after correction), validity without correction, uniqueness and
@@ -171,18 +184,15 @@ def generation_metrics(raw: Sequence[Optional[str]], corrected: Sequence[Optiona
     taken through :func:`model_form`, unless ``train_decoded`` says they already are decoded graphs
     (``cache.subset("train").decoded_smiles()``, cached on disk and much faster for 250k molecules).
     """
+    quality = sample_quality(raw, corrected)
     n = len(corrected)
-    if n == 0 or len(raw) != n:
-        raise ValueError(f"need equally many raw and corrected results, got {len(raw)} and {n}")
     valid = [s for s in corrected if s is not None]
     unique = set(valid)
     train = set(train_smiles) if train_decoded else {model_form(s) for s in train_smiles if s}
     train.discard(None)
     novel = {s for s in unique if s not in train}
     return {
-        "validity": 100.0 * len(valid) / n,
-        "validity_without_correction": 100.0 * sum(s is not None for s in raw) / n,
-        "uniqueness": 100.0 * len(unique) / len(valid) if valid else 0.0,
+        **quality,
         "novelty": 100.0 * sum(s not in train for s in valid) / len(valid) if valid else 0.0,
         "nuv": 100.0 * len(novel) / n,
     }

@@ -8,9 +8,6 @@ BOND_NAMES = ("SINGLE", "DOUBLE", "TRIPLE", "NONE")
 NUM_BOND_CHANNELS = len(BOND_NAMES)
 NO_BOND = NUM_BOND_CHANNELS - 1
 
-# Largest allowed neutral valence per element (used for charges and valency correction).
-ATOM_VALENCY = {6: 4, 7: 3, 8: 2, 9: 1, 15: 3, 16: 2, 17: 1, 35: 1, 53: 1}
-
 ZINC_ATOMS = [6, 7, 8, 9, 15, 16, 17, 35, 53]  # C N O F P S Cl Br I
 QM9_ATOMS = [6, 7, 8, 9]                       # C N O F
 

@@ -21,13 +21,14 @@ from moflow.chem import generation_metrics
 from moflow.data.dataset import MoleculeCache
 from moflow.generate import load_trained_model, make_reverse, sample_smiles
 from moflow.model import MoFlow
-from runtime.cli import ArgumentParser, add_common_args
+from runtime.cli import ArgumentParser, add_common_args, checkpoint_to_load, evaluation_summary, non_negative_float, \
+    non_negative_int, positive_int
 from runtime.cuda_graphs import require_cuda_graphs
 from runtime.devicecheck import expected_sync
 from runtime.distributed import init_distributed
 from runtime.errors import ConfigError, run_main
-from runtime.io import ensure_writable_dir
-from runtime.logging import setup_logger
+from runtime.io import atomic_write, check_output_locations
+from runtime.logging import logger_from_args
 from runtime.precision import Precision
 from runtime.seed import seed_everything
 
@@ -66,22 +67,29 @@ def split_metrics(model: MoFlow, cache: MoleculeCache, split: str, n: int, batch
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m moflow.evaluate", description=__doc__)
     add_common_args(p, kind="eval", batch_size=500, log_dir="results/moflow", data_dir=None,
-                    load_ckpt_path="results/moflow/moflow.pt", dllogger_name="evaluate_log.json")
+                    dllogger_name="evaluate_log.json")
     g = p.add_argument_group("evaluation")
     g.add_argument("--dataset", default=None, help="cache name (default: the checkpoint's training dataset)")
-    g.add_argument("--split", choices=sorted(SPLITS), default="val", help="split for NLL and reconstruction")
-    g.add_argument("--num_molecules", type=int, default=1000,
+    g.add_argument("--split", choices=("test", "train", "val"), default="val",
+                   help="split for NLL and reconstruction (MoFlow's datasets have train and val only, as the "
+                        "reference's: its held-out molecules are the val split)")
+    g.add_argument("--num_molecules", type=non_negative_int, default=1000,
                    help="molecules of --split used for NLL and reconstruction (0 to skip)")
-    g.add_argument("--num_samples", type=int, default=1000, help="molecules to generate")
-    g.add_argument("--steps", type=int, default=None, help="NVIDIA's flag: generate this many batches (sets --num_samples)")
-    g.add_argument("--temperature", type=float, default=0.6)
-    g.add_argument("--output", default="results/moflow/metrics.json", help="metrics as JSON")
+    g.add_argument("--num_samples", type=positive_int, default=1000, help="molecules to generate")
+    g.add_argument("--steps", type=positive_int, default=None,
+                   help="NVIDIA's flag: generate this many batches (sets --num_samples)")
+    g.add_argument("--temperature", type=non_negative_float, default=0.6, help="latent standard-deviation multiplier")
+    g.add_argument("--output", default=None, help="metrics as JSON, *.json (default: LOG_DIR/metrics_SPLIT.json)")
     return p
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+    if args.split == "test":
+        raise ConfigError("--split test: MoFlow's datasets have no test split (train and val, as the reference "
+                          "implementation's); its held-out molecules are --split val")
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
+                           device=args.device)
     if args.cuda_graphs:
         require_cuda_graphs(env.device)
     seed_everything(args.seed, env.rank)
@@ -89,9 +97,10 @@ def main(argv=None) -> int:
         args.num_samples = args.steps * args.batch_size
     if args.num_samples <= 0:
         raise ConfigError(f"--num_samples must be positive, got {args.num_samples}")
-    ensure_writable_dir(args.log_dir, "--log_dir")
-    ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
-    model, info = load_trained_model(args.load_ckpt_path, env.device)
+    output = args.output or os.path.join(args.log_dir, f"metrics_{args.split}.json")
+    check_output_locations(args.log_dir, output=output)
+    checkpoint = checkpoint_to_load(args)
+    model, info = load_trained_model(checkpoint, env.device)
     data_dir = args.data_dir or info.get("data_dir")
     cache = MoleculeCache(data_dir, args.dataset or info["dataset"])
     if list(cache.spec.atomic_nums) != list(info["atomic_nums"]):
@@ -102,19 +111,17 @@ def main(argv=None) -> int:
     raw, corrected = sample_smiles(model, args.num_samples, args.temperature, info["atomic_nums"],
                                    args.batch_size, None, generator, reverse=make_reverse(model, args, precision))
     metrics = generation_metrics(raw, corrected, cache.subset("train").decoded_smiles(), train_decoded=True)
+    evaluated = min(args.num_molecules, len(cache.subset(SPLITS[args.split])))
     if args.num_molecules > 0:
         metrics.update(split_metrics(model, cache, args.split, args.num_molecules, args.batch_size, precision))
-    metrics.update(num_samples=args.num_samples, temperature=args.temperature)
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=True,
-                          recipe="moflow", stdout=False)
+    metrics.update(num_samples=args.num_samples, temperature=args.temperature,
+                   **evaluation_summary(checkpoint, args.split, evaluated, model, env.world_size))
+    logger = logger_from_args(args, "moflow")
     logger.log((), metrics)
     logger.close()
-    with open(args.output, "w") as f:
+    with atomic_write(output, "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
-    for k, v in metrics.items():
-        print(f"{k:>28}: {v:.2f}" if isinstance(v, float) else f"{k:>28}: {v}")
-    return 0
+    return metrics
 
 
 if __name__ == "__main__":

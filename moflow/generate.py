@@ -14,21 +14,26 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from moflow.chem import construct_mol, correct_mol, decode_graphs, valid_smiles
+from moflow.chem import construct_mol, correct_mol, decode_graphs, sample_quality, valid_smiles
 from moflow.config import MODEL_PRESETS, QM9_ATOMS, ZINC_ATOMS, ModelConfig, make_model_config
 from moflow.model import MoFlow
 from runtime.callbacks import PerformanceMeter
 from runtime.devicecheck import expected_sync
 from runtime.checkpoint import load_checkpoint, read_checkpoint
-from runtime.cli import ArgumentParser, add_bool, add_common_args
+from runtime.cli import ArgumentParser, add_bool, add_common_args, checkpoint_to_load, evaluation_summary, \
+    prediction_path, non_negative_float, \
+    non_negative_int, positive_int, refuse_unused
 from runtime.compile import maybe_compile
 from runtime.cuda_graphs import capture_inference, require_cuda_graphs
 from runtime.distributed import init_distributed
 from runtime.errors import CheckpointError, ConfigError, run_main
-from runtime.io import atomic_write, ensure_writable_dir
-from runtime.logging import setup_logger
+from runtime.io import atomic_write, check_output_locations
+from runtime.logging import logger_from_args
 from runtime.precision import Precision
 from runtime.seed import seed_everything
+
+
+SPLIT = "samples"  # predictions_samples.smi: a generative model's predictions are its samples
 
 
 def load_trained_model(path: str, device) -> Tuple[MoFlow, dict]:
@@ -100,25 +105,32 @@ def draw_grid(smiles: List[str], path: str, per_row: int = 5, size: int = 250) -
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m moflow.generate", description=__doc__)
     add_common_args(p, kind="eval", batch_size=100, log_dir="results/moflow", data_dir="data/moflow",
-                    load_ckpt_path="results/moflow/moflow.pt", benchmark_warmup=3, benchmark_steps=20,
+                    benchmark_warmup=3, benchmark_steps=20,
                     dllogger_name="predict_log.json")
     g = p.add_argument_group("generation")
-    g.add_argument("--num_samples", type=int, default=100, help="molecules to generate")
-    g.add_argument("--steps", type=int, default=None,
+    g.add_argument("--num_samples", type=positive_int, default=100, help="molecules to generate")
+    g.add_argument("--steps", type=positive_int, default=None,
                    help="NVIDIA's flag: generate this many batches (sets --num_samples, or --benchmark_steps "
                         "with --benchmark)")
-    g.add_argument("--warmup_steps", dest="benchmark_warmup", type=int, help="NVIDIA's name of --benchmark_warmup")
+    g.add_argument("--warmup_steps", dest="benchmark_warmup", type=non_negative_int,
+                   help="NVIDIA's name of --benchmark_warmup")
     add_bool(g, "--allow_untrained", help="benchmark an untrained model of --preset when no checkpoint is given")
     g.add_argument("--preset", "--config_name", dest="preset", default="zinc250k",
                    help="architecture for --allow_untrained (a trained checkpoint carries its own)")
-    g.add_argument("--temperature", type=float, default=0.6, help="latent standard-deviation multiplier")
+    g.add_argument("--temperature", type=non_negative_float, default=0.6, help="latent standard-deviation multiplier")
     add_bool(g, "--correct_validity", default=True,
              help="valency-correct molecules (false: write raw molecules only; invalid ones are dropped)")
-    g.add_argument("--output", "--predictions_path", dest="output", default="results/moflow/generated.smi",
-                   help="SMILES output file ('' to write none)")
-    g.add_argument("--png", default="results/moflow/generated.png", help="grid image ('' to skip)")
-    g.add_argument("--png_molecules", type=int, default=20, help="molecules drawn in the grid")
+    g.add_argument("--output", "--predictions_path", dest="output", default=None,
+                   help=f"SMILES output file, *.smi (default: LOG_DIR/predictions_{SPLIT}.smi; '' to write none)")
+    g.add_argument("--png", default=None, help=f"grid image (default: LOG_DIR/predictions_{SPLIT}.png; '' to skip)")
+    g.add_argument("--png_molecules", type=positive_int, default=20, help="molecules drawn in the grid")
+    p.add_check(check_data_dir)
     return p
+
+
+def check_data_dir(args, given) -> None:
+    if "data_dir" in given:
+        refuse_unused("--data_dir", "by moflow.generate / moflow.predict (sampling needs only the checkpoint)")
 
 
 def make_reverse(model: MoFlow, args, precision: Precision):
@@ -149,9 +161,10 @@ def benchmark_inference(model, args, reverse, logger, device) -> dict:
     return meter.log(logger, prefix="inference")
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
+                           device=args.device)
     if args.cuda_graphs:
         require_cuda_graphs(env.device)
         if args.compile:
@@ -164,48 +177,43 @@ def main(argv=None) -> int:
             args.num_samples = args.steps * args.batch_size
     if args.num_samples <= 0:
         raise ConfigError(f"--num_samples must be positive, got {args.num_samples}")
-    ensure_writable_dir(args.log_dir, "--log_dir")
-    if args.output and not args.benchmark:
-        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
-    if args.allow_untrained and not (args.load_ckpt_path and os.path.exists(args.load_ckpt_path)):
+    output = "" if args.output == "" or args.benchmark else prediction_path(args.output, args.log_dir, SPLIT, ("smi",))
+    png = os.path.join(args.log_dir, f"predictions_{SPLIT}.png") if args.png is None else args.png
+    check_output_locations(args.log_dir, output=output)
+    checkpoint = checkpoint_to_load(args)
+    if args.allow_untrained and not os.path.exists(checkpoint):
         if args.preset not in MODEL_PRESETS:
             raise ConfigError(f"unknown --preset {args.preset!r}; choose from {sorted(MODEL_PRESETS)}")
         model = MoFlow(make_model_config(args.preset)).to(env.device).eval()
         info = {"atomic_nums": ZINC_ATOMS if model.config.num_atom_channels == len(ZINC_ATOMS) + 1 else QM9_ATOMS}
-    elif not args.load_ckpt_path:
-        raise ConfigError("--load_ckpt_path is required (or --allow_untrained for benchmarks)")
     else:
-        model, info = load_trained_model(args.load_ckpt_path, env.device)
+        model, info = load_trained_model(checkpoint, env.device)
     precision = Precision(args.amp, env.device, args.amp_dtype)
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          recipe="moflow")
+    logger = logger_from_args(args, "moflow")
     logger.log_params(dict(vars(args)))
     reverse = make_reverse(model, args, precision)
     if args.benchmark:
-        benchmark_inference(model, args, reverse, logger, env.device)
+        result = benchmark_inference(model, args, reverse, logger, env.device)
         logger.close()
-        return 0
+        return result
     generator = torch.Generator(device=env.device).manual_seed(args.seed)
     raw, corrected = sample_smiles(model, args.num_samples, args.temperature, info["atomic_nums"],
                                    args.batch_size, None, generator, reverse=reverse)
     chosen = corrected if args.correct_validity else raw
     written = [s for s in chosen if s]
-    if args.output:
-        with atomic_write(args.output, "w", encoding="utf-8") as f:
+    if output:
+        with atomic_write(output, "w", encoding="utf-8") as f:
             f.write("\n".join(written) + ("\n" if written else ""))
-    n = args.num_samples
-    logger.log((), {"num_samples": n, "temperature": args.temperature,
-                    "validity_without_correction": 100.0 * sum(s is not None for s in raw) / n,
-                    "validity": 100.0 * sum(s is not None for s in corrected) / n,
-                    "uniqueness": 100.0 * len(set(written)) / max(len(written), 1)})
-    if args.png and written:
-        draw_grid(written[:args.png_molecules], args.png)
-        print(f"wrote {len(written)} molecules to {args.output or '(no file)'} and a grid to {args.png}")
+    result = {"num_samples": args.num_samples, "temperature": args.temperature, **sample_quality(raw, corrected),
+              **evaluation_summary(checkpoint, None, len(written), model, env.world_size)}
+    logger.log((), result)
+    if png and written:
+        draw_grid(written[:args.png_molecules], png)
+        print(f"wrote {len(written)} molecules to {output or '(no file)'} and a grid to {png}")
     else:
-        print(f"wrote {len(written)} molecules to {args.output or '(no file)'}")
+        print(f"wrote {len(written)} molecules to {output or '(no file)'}")
     logger.close()
-    return 0
+    return {**result, "output": output}
 
 
 if __name__ == "__main__":

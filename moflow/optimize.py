@@ -62,7 +62,7 @@ from moflow.data.encoding import SkipMolecule
 from moflow.generate import load_trained_model
 from moflow.interpolate import encode
 from moflow.model import MoFlow
-from runtime.cli import ArgumentParser
+from runtime.cli import ArgumentParser, positive_int
 from runtime.errors import ConfigError, DataError, run_main
 
 # ZINC250k statistics used by the reference (GCPN's penalized_logp) to standardise each term.
@@ -308,7 +308,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m moflow.optimize", description=__doc__, formatter_class=_HelpFormatter)
-    p.add_argument("--load_ckpt_path", default="results/moflow/moflow.pt")
+    p.add_argument("--load_ckpt_path", default="results/moflow/checkpoint.pt", help="a MoFlow checkpoint")
     p.add_argument("--data_dir", default=None, help="cache directory (default: the training one)")
     p.add_argument("--property", default="qed", choices=["qed", "plogp"], help="property to maximise")
     p.add_argument("--plogp_raw", action="store_true",
@@ -316,15 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity_thresholds", type=float, nargs="+", default=None,
                    help="constrained mode: report the best molecule with similarity >= each threshold "
                         "(paper: 0.0 0.2 0.4 0.6)")
-    p.add_argument("--num_train", type=int, default=10000, help="training molecules for the regressor")
-    p.add_argument("--fit_epochs", type=int, default=200, help="full-batch Adam epochs of the regressor")
-    p.add_argument("--hidden", type=int, default=128, help="regressor hidden width")
+    p.add_argument("--num_train", type=positive_int, default=10000, help="training molecules for the regressor")
+    p.add_argument("--fit_epochs", type=positive_int, default=200, help="full-batch Adam epochs of the regressor")
+    p.add_argument("--hidden", type=positive_int, default=128, help="regressor hidden width")
     p.add_argument("--num_start", type=int, default=None,
                    help="start molecules (default 10; constrained: 800, the lowest-property training molecules)")
     p.add_argument("--start_pool", type=int, default=0,
                    help="constrained: choose starts among the first N training molecules (0: all)")
     p.add_argument("--smiles", nargs="*", default=None, help="start from these molecules instead")
-    p.add_argument("--steps", type=int, default=None, help="ascent steps (default 20; constrained: 100)")
+    p.add_argument("--steps", type=positive_int, default=None, help="ascent steps (default 20; constrained: 100)")
     p.add_argument("--step_size", type=float, default=None,
                    help="step length (default 2.0 normalized; constrained: 0.005 per coordinate, sign rule)")
     p.add_argument("--step_rule", default=None, choices=STEP_RULES,

@@ -18,21 +18,24 @@ from typing import Dict, Optional
 
 import torch
 
+from moflow.chem import sample_quality
 from moflow.config import MODEL_PRESETS, ModelConfig, make_model_config
 from moflow.data.dataset import MoleculeCache
 from moflow.generate import sample_smiles
 from moflow.model import MoFlow, MoFlowObjective, initialize_actnorm
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from runtime.cli import ArgumentParser, add_bool, add_common_args, add_refused, optimizer_betas, resolve_num_workers
+from runtime.checkpoint import check_mid_epoch_resume, config_differences, load_checkpoint, read_checkpoint, \
+    save_checkpoint
+from runtime.cli import ArgumentParser, add_bool, add_common_args, add_refused, checkpoint_to_save, \
+    non_negative_float, non_negative_int, optimizer_betas, positive_int, resolve_num_workers
 from runtime.compile import maybe_compile
 from runtime.cuda_graphs import materialize_grads, require_cuda_graphs
-from runtime.data import EpochSampler, ShardSampler, make_loader
+from runtime.data import EpochSampler, ShardSampler, check_batch_size, make_loader
 from runtime.devicecheck import expected_sync
 from runtime.distributed import all_reduce_sum, init_distributed, is_main_process, shutdown, wrap_ddp
 from runtime.errors import CheckpointError, ConfigError, run_main
-from runtime.io import ensure_writable_dir
-from runtime.logging import setup_logger
+from runtime.io import check_output_locations
+from runtime.logging import logger_from_args
 from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer
 from runtime.precision import Precision, set_tf32
@@ -46,34 +49,36 @@ ARCH_FLAGS = ("b_n_flow", "b_n_block", "b_n_squeeze", "b_hidden_ch", "b_conv_lu"
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m moflow.train", description=__doc__)
     add_common_args(p, batch_size=128, epochs=10, learning_rate=5e-4, gradient_clip=1.0, beta2=0.99,
-                    data_dir="data/moflow", log_dir="results/moflow", log_interval=20, benchmark_warmup=5,
+                    data_dir="data/moflow", log_dir="results/moflow", benchmark_warmup=5,
                     benchmark_steps=20)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="sample", choices=DATASETS, help="name of the preprocessed cache in --data_dir")
     m = p.add_argument_group("model (defaults: the --preset)")
     m.add_argument("--preset", "--config_name", dest="preset", default=None, choices=sorted(MODEL_PRESETS),
                    help="hyper-parameter preset (default: the reference preset of --dataset; sample uses small)")
-    m.add_argument("--b_n_flow", type=int, default=None, help="Glow steps on the adjacency")
-    m.add_argument("--b_n_block", type=int, default=None, help="Glow blocks on the adjacency")
-    m.add_argument("--b_n_squeeze", type=int, default=None, help="squeeze fold of the adjacency")
-    m.add_argument("--b_hidden_ch", type=int, nargs="+", default=None, help="coupling conv widths")
-    m.add_argument("--b_conv_lu", type=int, choices=[0, 1, 2], default=None, help="0: 1x1 conv, 1: LU 1x1 conv, 2: none")
-    m.add_argument("--a_n_flow", type=int, default=None, help="graph coupling steps on atoms")
-    m.add_argument("--a_n_block", type=int, default=None, help="graph coupling blocks on atoms")
-    m.add_argument("--a_hidden_gnn", type=int, nargs="+", default=None, help="graph conv widths")
-    m.add_argument("--a_hidden_lin", type=int, nargs="+", default=None, help="coupling MLP widths")
-    m.add_argument("--mask_row_size", type=int, default=None, help="atom rows updated per coupling")
-    m.add_argument("--mask_row_stride", type=int, default=None, help="row stride between couplings")
-    m.add_argument("--noise_scale", type=float, default=None, help="dequantisation noise scale")
+    m.add_argument("--b_n_flow", type=positive_int, default=None, help="Glow steps on the adjacency")
+    m.add_argument("--b_n_block", type=positive_int, default=None, help="Glow blocks on the adjacency")
+    m.add_argument("--b_n_squeeze", type=positive_int, default=None, help="squeeze fold of the adjacency")
+    m.add_argument("--b_hidden_ch", type=positive_int, nargs="+", default=None, help="coupling conv widths")
+    m.add_argument("--b_conv_lu", type=int, choices=[0, 1, 2], default=None,
+                   help="0: 1x1 conv, 1: LU 1x1 conv, 2: none")
+    m.add_argument("--a_n_flow", type=positive_int, default=None, help="graph coupling steps on atoms")
+    m.add_argument("--a_n_block", type=positive_int, default=None, help="graph coupling blocks on atoms")
+    m.add_argument("--a_hidden_gnn", type=positive_int, nargs="+", default=None, help="graph conv widths")
+    m.add_argument("--a_hidden_lin", type=positive_int, nargs="+", default=None, help="coupling MLP widths")
+    m.add_argument("--mask_row_size", type=positive_int, default=None, help="atom rows updated per coupling")
+    m.add_argument("--mask_row_stride", type=positive_int, default=None, help="row stride between couplings")
+    m.add_argument("--noise_scale", type=non_negative_float, default=None, help="dequantisation noise scale")
     add_bool(m, "--fixed_prior", help="do not learn the prior variance")
     e = p.add_argument_group("evaluation during training")
-    e.add_argument("--val_samples", "--val_batch_size", dest="val_samples", type=int, default=100,
+    e.add_argument("--val_samples", "--val_batch_size", dest="val_samples", type=non_negative_int, default=100,
                    help="molecules sampled at each evaluation (0: no sampling)")
-    e.add_argument("--val_molecules", type=int, default=1000,
+    e.add_argument("--val_molecules", type=non_negative_int, default=1000,
                    help="validation molecules for val_loss at each evaluation (0: skip)")
-    e.add_argument("--temperature", type=float, default=0.6, help="sampling temperature for evaluation")
+    e.add_argument("--temperature", type=non_negative_float, default=0.6, help="sampling temperature for evaluation")
     g = p.add_argument_group("CUDA")
-    g.add_argument("--cuda_graph_warmup", type=int, default=20, help="eager steps before CUDA graph capture")
+    g.add_argument("--cuda_graph_warmup", type=non_negative_int, default=20,
+                   help="eager steps before CUDA graph capture")
     add_bool(g, "--streams", default=True, help="run the bond and atom flows on two CUDA streams (off under --compile)")
     add_refused(p, "--warmup_steps", "use --cuda_graph_warmup (eager steps before CUDA graph capture) and "
                                      "--benchmark_warmup (steps excluded from timing)")
@@ -96,8 +101,6 @@ def check_flags(args, device) -> None:
         if args.compile:
             raise ConfigError("--cuda_graphs with --compile is refused until a GPU run shows the pair correct; "
                               "use one of them")
-    if args.val_samples < 0 or args.val_molecules < 0:
-        raise ConfigError("--val_samples and --val_molecules must be >= 0")
 
 
 def meta_of(config: ModelConfig, cache: MoleculeCache, dataset: str) -> Dict:
@@ -118,8 +121,7 @@ def resume_config(args, state: Dict, cache: MoleculeCache) -> ModelConfig:
         asked = {**MODEL_PRESETS[args.preset], **asked}
         asked.pop("max_nodes", None)
         asked.pop("num_atom_channels", None)
-    differ = [f"{k}: checkpoint has {getattr(config, k)!r}, this run has {v!r}" for k, v in asked.items()
-              if getattr(config, k) != v]
+    differ = config_differences({k: getattr(config, k) for k in asked}, asked, keys=list(asked))
     if differ:
         raise CheckpointError(f"checkpoint {args.load_ckpt_path} does not match this run: " + "; ".join(differ))
     return config
@@ -190,27 +192,21 @@ def sample_metrics(model: MoFlow, args, atomic_nums, precision) -> Dict[str, flo
     raw, corrected = sample_smiles(model, args.val_samples, args.temperature, atomic_nums,
                                    batch_size=args.val_samples, precision=precision)
     model.train(was_training)
-    valid = [s for s in raw if s]
-    return {"validity_without_correction": 100.0 * len(valid) / len(raw),
-            "validity": 100.0 * sum(s is not None for s in corrected) / len(corrected),
-            "uniqueness": 100.0 * len(set(valid)) / max(len(valid), 1)}
+    return sample_quality(raw, corrected)
 
 
-def train(args) -> MoFlow:
-    """Run training as configured by ``args``; returns the trained (unwrapped) model."""
-    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+def train(args) -> dict:
+    """Run training as configured by ``args``; returns the loop's summary, with the trained
+    (unwrapped) model under ``"model"``."""
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
+                           device=args.device)
     device = env.device
     check_flags(args, device)
     if args.tf32 is not None:
         set_tf32(args.tf32)
-    save_path = args.save_ckpt_path
-    if save_path is None:
-        save_path = os.path.join(args.log_dir, "moflow.pt")
-    if args.benchmark:
-        save_path = ""
-    ensure_writable_dir(args.log_dir, "--log_dir")
-    if save_path:
-        ensure_writable_dir(os.path.dirname(os.path.abspath(save_path)), "--save_ckpt_path")
+    save_path = checkpoint_to_save(args)
+    if is_main_process():
+        check_output_locations(args.log_dir, save_path)
 
     cache = MoleculeCache(args.data_dir, args.dataset)
     state = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
@@ -223,16 +219,16 @@ def train(args) -> MoFlow:
 
     train_set = cache.subset("train")
     world = env.world_size
+    check_batch_size(args.batch_size, len(train_set), world, "molecules")
     if state is None:
         model = initialised_model(config, train_set, args.seed, args.batch_size, world, device)
     else:
         seed_everything(args.seed)  # rank-independent: every rank builds the same model
         model = MoFlow(config).to(device)
-    drop_last = len(train_set) >= args.batch_size * world
     sampler = EpochSampler(len(train_set), shuffle=True, seed=args.seed, num_replicas=world, rank=env.rank,
-                           drop_last=drop_last)
+                           drop_last=True)  # full batches only (static shapes for CUDA graphs)
     loader = make_loader(train_set, args.batch_size, sampler, num_workers=resolve_num_workers(args.num_workers, device),
-                         device=device, drop_last=drop_last)
+                         device=device, drop_last=True)
     optimizer = make_optimizer(args.optimizer, model.parameters(), lr=args.learning_rate,
                                weight_decay=args.weight_decay, betas=optimizer_betas(args))
     precision = Precision(args.amp, device, args.amp_dtype)
@@ -244,16 +240,27 @@ def train(args) -> MoFlow:
             info = load_checkpoint(args.load_ckpt_path, model, optimizer, precision=precision, expect=expect,
                                    state=state)
             position = Position.from_dict(info["position"])
+            check_mid_epoch_resume(args.load_ckpt_path, state.get("extra", {}), position, args.batch_size, world)
         else:  # --finetune: the weights only, on a dataset with the same atom set
             load_checkpoint(args.load_ckpt_path, model, expect=expect, state=state)
     seed_everything(args.seed, env.rank)
 
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name="moflow", recipe="moflow", append=resuming)
+    logger = logger_from_args(args, "moflow", run_name="moflow", append=resuming)
+    try:
+        result = _run(args, env, cache, config, meta, model, optimizer, precision, loader, sampler, position,
+                      resuming, save_path, len(train_set), logger)
+    finally:
+        logger.close()
+        shutdown()
+    return {**result, "model": model}
+
+
+def _run(args, env, cache, config, meta, model, optimizer, precision, loader, sampler, position, resuming,
+         save_path, train_size, logger) -> dict:
+    device, world = env.device, env.world_size
     n_params = sum(p.numel() for p in model.parameters())
     logger.log_params({**vars(args), "save_ckpt_path": save_path, "model_config": config.to_dict(),
-                       "parameters": n_params, "train_molecules": len(train_set), "world_size": world})
+                       "parameters": n_params, "train_molecules": train_size, "world_size": world})
     if resuming:
         logger.log((), {"resumed_from": args.load_ckpt_path, "epochs": position.epoch, "steps": position.step})
     model.use_streams = device.type == "cuda" and args.streams and not args.compile
@@ -297,7 +304,8 @@ def train(args) -> MoFlow:
     def save(pos: Position) -> None:
         if save_path:
             save_checkpoint(save_path, model, optimizer, precision=precision, meta=meta, position=pos.to_dict(),
-                            extra={"data_dir": os.path.abspath(args.data_dir)},
+                            extra={"data_dir": os.path.abspath(args.data_dir), "batch_size": args.batch_size,
+                                   "replicas": world},
                             keep_last=args.keep_last)
 
     meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None
@@ -311,14 +319,13 @@ def train(args) -> MoFlow:
     if args.cuda_graphs and not graphed["done"]:
         logger.log((), {"stop_reason": f"{result['stop_reason']} (no CUDA graph was captured: no full batch of "
                                        f"{args.batch_size} arrived after {args.cuda_graph_warmup} warm-up steps)"})
-    logger.close()
-    shutdown()
-    return model
+    return result
 
 
-def main(argv: Optional[list] = None) -> int:
-    train(build_parser().parse_args(argv))
-    return 0
+def main(argv: Optional[list] = None) -> dict:
+    result = train(build_parser().parse_args(argv))
+    result.pop("model")
+    return result
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import random
 import re
 import shutil
 import zipfile
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -161,10 +161,10 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
                                   f"and plain data ({', '.join(unsafe[:5])}); nothing of it was run. Only load "
                                   "checkpoints written by molrecipes") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated, or not a torch file "
-                              f"({' '.join(str(err).split())[:200]})") from None
+                              f"({_first_sentence(err)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
-                              f"{' '.join(str(err).split())[:200]})") from None
+                              f"{_first_sentence(err)})") from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT,) + _OLD_FORMATS:
         raise CheckpointError(f"{path} is not a molrecipes checkpoint (no format marker {FORMAT!r}); "
                               "to use foreign weights, convert them first (see each recipe's README)")
@@ -179,10 +179,21 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any],
+                       keys: Optional[Iterable[str]] = None,
+                       describe: Optional[Callable[[Any], str]] = None) -> List[str]:
+    """``"key: checkpoint has X, this run has Y"`` for each key (default: both sides' keys, sorted) on
+    which a checkpoint's config or identity and this run's differ: every recipe's identity check words
+    its refusal with this."""
+    describe = describe or _describe
+    keys = sorted(set(saved) | set(wanted)) if keys is None else keys
+    return [f"{key}: checkpoint has {describe(saved.get(key))}, this run has {describe(wanted.get(key))}"
+            for key in keys if saved.get(key) != wanted.get(key)]
+
+
 def check_meta(path: str, meta: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
     """Refuse a checkpoint whose identity differs from ``expect`` on any key ``expect`` names."""
-    differences = [f"{key}: checkpoint has {_describe(meta.get(key))}, this run has {_describe(want)}"
-                   for key, want in expect.items() if meta.get(key) != want]
+    differences = config_differences(meta, expect, keys=list(expect))
     if differences:
         raise CheckpointError(f"checkpoint {path} does not match this run: " + "; ".join(differences))
 
@@ -230,3 +241,28 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
     position = state["position"]
     return {"epoch": int(position["epoch"]), "batch": int(position.get("batch", 0)), "step": int(position["step"]),
             "position": dict(position), "meta": state.get("meta", {}), "extra": state.get("extra", {})}
+
+
+def check_mid_epoch_resume(path: str, extra: Mapping[str, Any], position: Any, batch_size: int,
+                           replicas: int) -> None:
+    """Mid-epoch, the consumed batches are skipped by count (``position.batch``): the batch size and
+    the number of data-parallel replicas must be those that consumed them. Checkpoints record both in
+    ``extra`` (``batch_size``, ``replicas``; older ones ``dp_size`` or ``world_size``)."""
+    saved = (extra.get("batch_size"), extra.get("replicas", extra.get("dp_size", extra.get("world_size"))))
+    if position.batch and saved != (batch_size, replicas):
+        raise CheckpointError(f"checkpoint {path} was written mid-epoch ({position.batch} batches into epoch "
+                              f"{position.epoch}) with --batch_size {saved[0]} on {saved[1]} process(es) (data-"
+                              f"parallel replicas); this run has --batch_size {batch_size} on {replicas}: resume "
+                              "with those, or from a checkpoint written at an epoch end")
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The cause in ``err``'s message, as whole sentences: PyTorch's weights-only load errors wrap the
+    unpickler's reason (``WeightsUnpickler error: ...``) in paragraphs of advice about ``weights_only``
+    that do not apply to a damaged file."""
+    text, marker = str(err), "WeightsUnpickler error:"
+    if marker in text:
+        text = next((line for line in text.split(marker, 1)[1].splitlines() if line.strip()), text)
+    text = " ".join(text.split())
+    end = text.find(". ")
+    return text if end < 0 else text[:end + 1]

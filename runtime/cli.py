@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Optional
+import sys
+from typing import Any, Callable, List, Optional, Sequence, Set
 
 from runtime.errors import ConfigError
 from runtime.optim import OPTIMIZERS
@@ -37,7 +38,28 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # `--epoch 1` must not silently mean `--epochs 1`
         super().__init__(*args, **kwargs)
+        self._checks: List[Callable] = []
+
+    def add_check(self, check: Callable) -> None:
+        """Run ``check(args, given)`` after parsing; ``given`` holds the dests set on the command line."""
+        self._checks.append(check)
+
+    def parse_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else [str(a) for a in args]
+        parsed = super().parse_args(argv, namespace)
+        given = self.given(argv)
+        if hasattr(parsed, "device") and hasattr(parsed, "amp"):
+            check_common_flags(parsed, given)
+        for check in self._checks:
+            check(parsed, given)
+        return parsed
+
+    def given(self, argv: Sequence[str]) -> Set[str]:
+        """The dests of the options that appear in ``argv`` (exact spellings: abbreviations are off)."""
+        tokens = {t.split("=", 1)[0] for t in argv if t.startswith("-")}
+        return {a.dest for a in self._actions if tokens.intersection(a.option_strings)}
 
     def error(self, message: str):  # argparse calls this for every parse error
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
@@ -52,10 +74,11 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_bool(group, *flags: str, default: bool = False, help: str = "", dest: Optional[str] = None) -> None:
-    """A boolean flag: ``--flag`` (true), ``--flag true|false``."""
-    kwargs = dict(type=str2bool, nargs="?", const=True, default=default, metavar="BOOL",
-                  help=f"{help} (default: {str(default).lower()})")
+def add_bool(group, *flags: str, default: Optional[bool] = False, help: str = "", dest: Optional[str] = None) -> None:
+    """A boolean flag: ``--flag`` (true), ``--flag true|false``. ``default=None``: unset unless given
+    (the help then says what unset means)."""
+    shown = "" if default is None else f" (default: {str(default).lower()})"
+    kwargs = dict(type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help + shown)
     if dest:
         kwargs["dest"] = dest
     group.add_argument(*flags, **kwargs)
@@ -94,6 +117,14 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1) (betas, momentum, decays)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
     return value
 
 
@@ -137,10 +168,12 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defa
     paths.add_argument("--dllogger_name", "--log_path", dest="dllogger_name", default=d["dllogger_name"],
                        help="the DLLogger JSON-lines log: a file name inside --log_dir, or a path")
     paths.add_argument("--load_ckpt_path", default=d["load_ckpt_path"],
-                       help="resume from this checkpoint" if train else "checkpoint to use (it carries its own config)")
+                       help="resume from this checkpoint" if train else
+                       f"checkpoint to use (default: LOG_DIR/{CHECKPOINT_NAME}; it carries its own config)")
     if train:
         paths.add_argument("--save_ckpt_path", default=d["save_ckpt_path"],
-                           help="write checkpoints to this file ('' disables saving)")
+                           help=f"write checkpoints to this file (default: LOG_DIR/{CHECKPOINT_NAME}; '' disables "
+                                "saving)")
         paths.add_argument("--ckpt_interval", "--save_epochs", dest="ckpt_interval", type=int,
                            default=d["ckpt_interval"], help="save a checkpoint every N epochs (<= 0: only at the end)")
         paths.add_argument("--ckpt_steps", type=non_negative_int, default=d["ckpt_steps"],
@@ -165,9 +198,9 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defa
                         default=d["learning_rate"], help="base learning rate")
         tr.add_argument("--weight_decay", type=non_negative_float, default=d["weight_decay"], help="weight decay")
         tr.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"], help="optimizer")
-        tr.add_argument("--beta1", type=float, default=d["beta1"], help="Adam/LAMB beta1")
-        tr.add_argument("--beta2", type=float, default=d["beta2"], help="Adam/LAMB beta2")
-        tr.add_argument("--momentum", type=float, default=d["momentum"],
+        tr.add_argument("--beta1", type=fraction, default=d["beta1"], help="Adam/LAMB beta1")
+        tr.add_argument("--beta2", type=fraction, default=d["beta2"], help="Adam/LAMB beta2")
+        tr.add_argument("--momentum", type=fraction, default=d["momentum"],
                         help="SGD momentum (0.9 if unset); for adam/adamw/lamb it sets beta1, as NVIDIA's SE(3) "
                              "recipe does")
         tr.add_argument("--gradient_clip", "--clip", dest="gradient_clip", type=float, default=d["gradient_clip"],
@@ -189,6 +222,9 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defa
                   "leaves PyTorch's own defaults")
 
     perf = parser.add_argument_group("performance")
+    perf.add_argument("--device", choices=DEVICES, default="auto",
+                      help="where to run: auto = the process's CUDA device (LOCAL_RANK) when CUDA is visible, "
+                           "else the CPU")
     add_bool(perf, "--cuda_graphs", "--cuda_graph", dest="cuda_graphs", help="capture steps in CUDA graphs (CUDA only)")
     add_bool(perf, "--compile", "--jit", dest="compile",
              help="torch.compile the model (NVIDIA's --jit, TorchScript there, means this here)")
@@ -222,6 +258,85 @@ def add_common_args(parser: argparse.ArgumentParser, kind: str = "train", **defa
     add_refused(parser, "--verbosity", "use --silent (benchmarks) or --progress; every metric goes to the log")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # torchrun sets LOCAL_RANK
     return parser
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def checkpoint_to_save(args) -> str:
+    """Where training writes checkpoints: ``--save_ckpt_path``, by default ``LOG_DIR/checkpoint.pt``;
+    ``''`` (none) under ``--benchmark`` or when given as ``''``."""
+    if getattr(args, "benchmark", False):
+        return ""
+    if args.save_ckpt_path is None:
+        return os.path.join(args.log_dir, CHECKPOINT_NAME)
+    return args.save_ckpt_path
+
+
+def checkpoint_to_load(args) -> str:
+    """The checkpoint evaluate / predict read: ``--load_ckpt_path``, by default the one training wrote
+    with the same ``--log_dir``."""
+    return args.load_ckpt_path or os.path.join(args.log_dir, CHECKPOINT_NAME)
+
+
+def prediction_path(output: Optional[str], log_dir: str, split: str, formats: Sequence[str]) -> str:
+    """Where predict writes: ``--output``, by default ``LOG_DIR/predictions_<split>.<formats[0]>``; the
+    format follows the suffix, and a suffix the recipe cannot write is a ConfigError."""
+    path = output or os.path.join(log_dir, f"predictions_{split}.{formats[0]}")
+    if not any(path.endswith("." + f) for f in formats):
+        raise ConfigError(f"--output {path}: this recipe writes " + " or ".join("." + f for f in formats)
+                          + "; name the file with one of those suffixes")
+    return path
+
+
+def evaluation_summary(checkpoint: str, split: Optional[str], size: int, model, world_size: int) -> dict:
+    """The summary fields every evaluate and predict logs beside its metrics: ``checkpoint``,
+    ``<split>_size`` (items evaluated; left out for generated samples, which have no split: MoFlow
+    logs ``num_samples``), ``parameters`` and ``world_size``."""
+    sizes = {f"{split}_size": int(size)} if split else {}
+    return {"checkpoint": checkpoint, **sizes, "parameters": sum(p.numel() for p in model.parameters()),
+            "world_size": int(world_size)}
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_type(choice: str) -> str:
+    """``--device`` as ``"cpu"`` or ``"cuda"``; ``cuda`` without a visible CUDA device is a ConfigError."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES), or use --device cpu")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def note(message: str) -> None:
+    """One line on stderr about a flag that has no effect (main process only)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def refuse_unused(flag: str, why: str) -> None:
+    """A path flag that was given but would not be used is an error, never silently ignored."""
+    raise ConfigError(f"{flag} is not used {why}; drop it")
+
+
+def check_common_flags(args, given: Set[str]) -> None:
+    """The shared flags, checked at parse time (before any data or model is loaded): fp16 autocast
+    on CPU is refused; ``--amp_dtype`` without ``--amp`` and ``--tf32`` on CPU are ignored, with one
+    line saying so; a checkpoint path under ``--benchmark`` (which saves nothing) is refused."""
+    if getattr(args, "benchmark", False) and getattr(args, "save_ckpt_path", None) and "save_ckpt_path" in given:
+        refuse_unused("--save_ckpt_path", "with --benchmark (benchmarks write no checkpoint)")
+    kind = device_type(args.device)
+    if args.amp_dtype is not None and not args.amp:
+        note(f"--amp_dtype {args.amp_dtype} is ignored without --amp")
+    elif args.amp and args.amp_dtype == "fp16" and kind == "cpu":
+        raise ConfigError("--amp_dtype fp16 needs CUDA: fp16 autocast is not supported on CPU; use --amp_dtype "
+                          "bf16 (the CPU default)")
+    if args.tf32 is not None and kind == "cpu":
+        note("--tf32 is ignored on CPU (TF32 is a CUDA matmul mode)")
 
 
 def resolve_num_workers(value: Optional[int], device) -> int:

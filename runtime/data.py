@@ -71,6 +71,17 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.size, self.num_replicas))
 
 
+def check_batch_size(batch_size: int, size: int, replicas: int = 1, items: str = "samples") -> None:
+    """Refuse a training batch larger than the training split: an epoch would be one batch of the
+    whole split (MoFlow on QM9: 4.4 GB), which no recipe means. Every recipe calls this before
+    building its model."""
+    if batch_size * replicas > size:
+        most = size // replicas
+        hint = f"use --batch_size {most} or less" if most else "use fewer processes"
+        raise ConfigError(f"--batch_size {batch_size} on {replicas} data-parallel process(es) asks for "
+                          f"{batch_size * replicas} {items} per step, but the training split holds {size}; {hint}")
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, collate_fn: Optional[Callable] = None,
                 num_workers: int = 0, device=None, drop_last: bool = False) -> DataLoader:
     """A DataLoader with GPU-sensible settings: pinned memory on CUDA (copies can be non-blocking),

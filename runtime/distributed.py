@@ -72,12 +72,13 @@ def _watch_launcher(poll_s: float = 1.0) -> None:
 
 
 def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] = None,
-                     timeout_minutes: float = 10.0, gpu_affinity: str = "none") -> DistEnv:
+                     timeout_minutes: float = 10.0, gpu_affinity: str = "none", device: str = "auto") -> DistEnv:
     """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK).
 
     Uses ``cpu:gloo,cuda:nccl`` when CUDA is available and gloo otherwise (``backend`` overrides).
     Collectives time out after ``timeout_minutes`` (``--dist_timeout``; ``timeout_s`` overrides).
     ``gpu_affinity`` pins the process to its GPU's cores (:mod:`runtime.affinity`, ``--gpu_affinity``).
+    ``device`` (``--device``): ``auto`` takes CUDA device LOCAL_RANK when CUDA is visible, ``cpu`` never does.
     Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) this is a single-process run. Idempotent.
     """
     global _ENV
@@ -86,7 +87,11 @@ def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] =
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
-    use_cuda = torch.cuda.is_available()
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "cuda" and not use_cuda:
+        from runtime.errors import ConfigError
+
+        raise ConfigError("--device cuda but no CUDA device is visible (torch.cuda.is_available() is False)")
     share = os.environ.get(SHARE_GPU_ENV) == "1"
     if use_cuda:
         if local_rank >= torch.cuda.device_count() and not share:

@@ -126,6 +126,19 @@ def ensure_writable_dir(directory: PathLike, what: str) -> str:
     return directory
 
 
+def check_output_locations(log_dir: PathLike, save_path: Optional[str] = None, output: Optional[str] = None) -> None:
+    """Fail in seconds, not after hours: the log directory, the checkpoint's directory and an output
+    file's directory must be writable (every train, evaluate and predict entry point calls this)."""
+    ensure_writable_dir(log_dir, "--log_dir")
+    for flag, path in (("--save_ckpt_path", save_path), ("--output", output)):
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise ConfigError(f"{flag} {path} is a directory; give a file name, e.g. "
+                              f"{os.path.join(path, 'checkpoint.pt' if flag == '--save_ckpt_path' else 'predictions')}")
+        ensure_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
+
+
 def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

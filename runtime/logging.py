@@ -222,6 +222,14 @@ def setup_logger(log_dir: Optional[str] = None, json_name: str = "log.json", wan
     return Logger(json_path, stdout=stdout, wandb_run=wandb_run, tb_writer=tb_writer, recipe=recipe, silent=silent)
 
 
+def logger_from_args(args, recipe: str, run_name: Optional[str] = None, append: bool = False) -> Logger:
+    """:func:`setup_logger` from the shared flags (``--log_dir``, ``--dllogger_name``, ``--wandb``,
+    ``--wandb_project``, ``--tensorboard``, ``--silent``): the one call every entry point makes."""
+    return setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb, wandb_project=args.wandb_project,
+                        tensorboard=args.tensorboard, silent=args.silent, run_name=run_name, recipe=recipe,
+                        append=append)
+
+
 def read_dllogger(path: str):
     """Parse a DLLogger JSON-lines file into a list of dicts (lines without the prefix are skipped)."""
     records = []

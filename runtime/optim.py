@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lamb")
-SCHEDULERS = ("none", "cosine", "linear", "step", "exponential", "plateau")
+SCHEDULERS = ("none", "cosine", "step", "plateau")
 
 
 class LAMB(Optimizer):
@@ -88,7 +88,7 @@ def make_optimizer(name: str, params: Iterable, lr: float, weight_decay: float =
 class Scheduler:
     """One interface over LambdaLR-style schedules and ReduceLROnPlateau: call ``step(metric)``.
 
-    Step-based schedules (warm-up, cosine, linear, step, exponential) advance once per call; the
+    Step-based schedules (warm-up, cosine, step) advance once per call; the
     plateau schedule warms up per call and then reduces on ``metric`` (call it once per evaluation).
     """
 
@@ -98,7 +98,7 @@ class Scheduler:
         name = name.lower()
         if name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-        if name in ("cosine", "linear") and not total_steps:
+        if name == "cosine" and not total_steps:
             raise ValueError(f"the {name} schedule needs total_steps")
         if name == "step" and not step_size:
             raise ValueError("the step schedule needs step_size")
@@ -115,13 +115,8 @@ class Scheduler:
             if name == "cosine":
                 frac = min(t / max(1, total_steps - warmup_steps), 1.0)
                 return floor[i] + (1 - floor[i]) * 0.5 * (1 + math.cos(math.pi * frac))
-            if name == "linear":
-                frac = min(t / max(1, total_steps - warmup_steps), 1.0)
-                return floor[i] + (1 - floor[i]) * (1 - frac)
             if name == "step":
                 return gamma ** (t // step_size)
-            if name == "exponential":
-                return max(gamma ** t, floor[i])
             return 1.0
 
         self.lambda_lr = LambdaLR(optimizer, [lambda s, i=i: factor_at(s, i) for i in range(len(base))])

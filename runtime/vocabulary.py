@@ -46,7 +46,6 @@ RECIPES = ("moflow", "se3_transformer", "graph_parallel")
 SPLITS = ("train", "val", "test")
 PHASES = ("train", "inference")
 BASELINES = ("mean", "linref", "zero")
-ENTRY_POINTS = ("train", "evaluate", "predict")
 ITEMS = {"moflow": "molecules", "se3_transformer": "molecules", "graph_parallel": "structures"}
 
 # Per recipe: metric -> (unit, format). ``None`` unit: dimensionless, or set by the recipe at run time

@@ -29,8 +29,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import check_meta, load_checkpoint, read_checkpoint
-from runtime.cli import ArgumentParser, add_common_args, positive_int, resolve_num_workers, str2bool
+from runtime.checkpoint import check_meta, config_differences, load_checkpoint, read_checkpoint
+from runtime.cli import ArgumentParser, add_bool, add_common_args, checkpoint_to_load, positive_int, refuse_unused, \
+    resolve_num_workers
 from runtime.data import ShardSampler, make_loader
 from runtime.devicecheck import expected_sync
 from runtime.distributed import all_reduce_sum, barrier, get_world_size, init_distributed, is_initialized, \
@@ -61,10 +62,6 @@ _HELP = {"num_layers": "attention blocks", "num_heads": "attention heads",
          "use_layer_norm": "layer norm inside the radial MLPs"}
 
 
-def _optional_bool(group, flag: str, help: str) -> None:
-    group.add_argument(flag, type=str2bool, nargs="?", const=True, default=None, metavar="BOOL", help=help)
-
-
 def add_data_args(parser: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
     """``--dataset --num_molecules --task --precompute_bases``; with ``from_checkpoint`` the first
     three default to the checkpoint's values."""
@@ -78,8 +75,15 @@ def add_data_args(parser: argparse.ArgumentParser, from_checkpoint: bool = False
                             "100,000 / 17,748 / 13,083)" + (ckpt or " (default: all)"))
     group.add_argument("--task", choices=QM9_TARGETS, default=None if from_checkpoint else "homo",
                        help="QM9 target to regress (DGL's names and units)" + ckpt)
-    _optional_bool(group, "--precompute_bases", "compute the equivariant bases of all edges once at start-up "
-                                                "instead of every step (default: false)")
+    add_bool(group, "--precompute_bases", default=None,
+             help="compute the equivariant bases of all edges once at start-up instead of every step (default: false)")
+    parser.add_check(check_data_dir)
+
+
+def check_data_dir(args, given) -> None:
+    """``--data_dir`` is where qm9pack's cache and DGL's file live; the embedded sample needs none."""
+    if "data_dir" in given and args.dataset == "sample":
+        refuse_unused("--data_dir", "with --dataset sample (the embedded 1,000-molecule set)")
 
 
 def add_model_args(parser: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
@@ -94,18 +98,19 @@ def add_model_args(parser: argparse.ArgumentParser, from_checkpoint: bool = Fals
         default = " (default: the checkpoint's; must agree with it)" if from_checkpoint else \
             f" (default: {PRESETS['nvidia'][key]!s} with --preset nvidia)".replace("True", "true")
         if key in ("norm", "use_layer_norm"):
-            _optional_bool(group, f"--{key}", _HELP[key] + default)
+            add_bool(group, f"--{key}", default=None, help=_HELP[key] + default)
         elif key == "pooling":
             group.add_argument("--pooling", choices=("max", "avg"), default=None, help=_HELP[key] + default)
         else:
             group.add_argument(f"--{key}", type=positive_int, default=None, help=_HELP[key] + default)
     exe = parser.add_argument_group("kernels (same parameters and results; free to change on every run)")
-    _optional_bool(exe, "--low_memory", "unfused kernels recomputed in the backward pass: slower, less memory "
-                                        "(default: false)")
+    add_bool(exe, "--low_memory", default=None,
+             help="unfused kernels recomputed in the backward pass: slower, less memory (default: false)")
     exe.add_argument("--fuse_level", choices=("auto",) + tuple(FUSE_LEVELS), default="auto",
                      help="most fused TFN kernel allowed (each layer uses the best one its fibers permit); "
                           "auto = full on CUDA, none (pairwise, measured fastest) on CPU")
-    _optional_bool(exe, "--pad_trick", "pad odd basis dimensions to even sizes (tensor cores) (default: false)")
+    add_bool(exe, "--pad_trick", default=None,
+             help="pad odd basis dimensions to even sizes (tensor cores) (default: false)")
 
 
 def resolve_model_args(args: argparse.Namespace) -> Dict:
@@ -148,8 +153,7 @@ def check_identity(path: str, meta: Dict, expect: Dict, hint: str = "") -> None:
     config = expect.get("config")
     saved = meta.get("config")
     if config is not None and isinstance(saved, dict) and saved != config:
-        differ = [f"{k}: checkpoint has {_flag(saved.get(k))}, this run has {_flag(config.get(k))}"
-                  for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+        differ = config_differences(saved, config, describe=_flag)
         raise CheckpointError(f"checkpoint {path} has another architecture: " + "; ".join(differ)
                               + " (pass the checkpoint's model flags)")
     try:
@@ -292,7 +296,7 @@ def build_inference_parser(prog: str, description: str, entry: str) -> argparse.
     """The flags of ``evaluate`` and ``predict``: the shared eval group, data, model (checked against
     the checkpoint), kernels and ``--split``."""
     parser = ArgumentParser(prog=prog, description=description)
-    add_common_args(parser, kind="eval", batch_size=240, data_dir=DEFAULT_DATA_DIR, log_dir="results/se3_transformer",
+    add_common_args(parser, kind="eval", batch_size=240, data_dir=None, log_dir="results/se3_transformer",
                     dllogger_name=f"{entry}_log.json", benchmark_warmup=3, benchmark_steps=10)
     add_data_args(parser, from_checkpoint=True)
     add_model_args(parser, from_checkpoint=True)
@@ -304,16 +308,15 @@ class InferenceRun:
     """A trained model and one split of its data, set up from a checkpoint (see ``build_inference_parser``)."""
 
     def __init__(self, args: argparse.Namespace):
-        if not args.load_ckpt_path:
-            raise ConfigError("--load_ckpt_path is required: a checkpoint written by se3_transformer.train")
         if args.cuda_graphs:
             raise ConfigError("--cuda_graphs is not supported by the SE(3)-Transformer: every batch of molecules "
                               "has other node and edge counts, so no fixed-shape step can be captured; drop the flag")
-        self.env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+        self.env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
+                                    device=args.device)
         self.device = device = self.env.device
         if args.tf32 is not None:
             set_tf32(args.tf32)
-        path = args.load_ckpt_path
+        self.checkpoint = path = checkpoint_to_load(args)
         state = read_se3_checkpoint(path)
         meta, extra = state["meta"], state["extra"]
         check_identity(path, meta, {"recipe": RECIPE})
@@ -336,9 +339,10 @@ class InferenceRun:
         load_checkpoint(path, self.model, state=state)
         self.model = self.model.to(device).eval()
 
+        data_dir = args.data_dir or extra.get("data_dir") or DEFAULT_DATA_DIR  # the training run's, resolved
+
         def read():
-            return load_qm9(args.dataset, args.data_dir, args.num_molecules,
-                            create_parents=args.data_dir == DEFAULT_DATA_DIR)
+            return load_qm9(args.dataset, data_dir, args.num_molecules, create_parents=data_dir == DEFAULT_DATA_DIR)
 
         arrays = read() if is_main_process() else None
         barrier()

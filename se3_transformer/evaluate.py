@@ -12,10 +12,11 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
+from runtime.cli import evaluation_summary
 from runtime.compile import maybe_compile
 from runtime.distributed import shutdown
 from runtime.errors import run_main
-from runtime.logging import setup_logger
+from runtime.logging import logger_from_args
 from se3_transformer.engine import RECIPE, InferenceRun, baseline_mae, benchmark_inference, \
     build_inference_parser, evaluate_split
 
@@ -29,9 +30,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     run = InferenceRun(args)
     model = maybe_compile(run.model, args.compile)
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name=f"se3_transformer_evaluate_{run.task}", recipe=RECIPE)
+    logger = logger_from_args(args, RECIPE, run_name=f"se3_transformer_evaluate_{run.task}")
     try:
         logger.log_params({**vars(args), "model_config": run.config})
         if args.benchmark:
@@ -43,8 +42,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
             run.declare_units(logger, (f"{split}_mae", f"{split}_mae_baseline_mean"))
             result = {f"{split}_mae": scores["mae"],
                       f"{split}_mae_baseline_mean": baseline_mae(run.dataset.split_targets, run.scaler),
-                      f"{split}_loss": scores["loss"], f"{split}_size": scores["count"], "task": run.task,
-                      "checkpoint": args.load_ckpt_path}
+                      f"{split}_loss": scores["loss"], "task": run.task,
+                      **evaluation_summary(run.checkpoint, split, scores["count"], run.model, run.env.world_size)}
             logger.log((), result)
     finally:
         logger.close()

@@ -9,7 +9,6 @@ rank 0 writes the file atomically, so the CSV is the same for any number of proc
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from typing import List, Optional
 
@@ -19,8 +18,9 @@ from runtime.compile import maybe_compile
 from runtime.devicecheck import expected_sync
 from runtime.distributed import is_main_process, shutdown
 from runtime.errors import run_main
-from runtime.io import atomic_write, ensure_writable_dir
-from runtime.logging import setup_logger
+from runtime.cli import evaluation_summary, prediction_path
+from runtime.io import atomic_write, check_output_locations
+from runtime.logging import logger_from_args
 from se3_transformer.engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, \
     gather_shards, predict_batches
 
@@ -29,20 +29,18 @@ def build_parser():
     parser = build_inference_parser("python -m se3_transformer.predict", __doc__.split("\n\n")[0],
                                     "predict")
     parser.add_argument("--output", default=None,
-                        help="CSV file to write (default: LOG_DIR/predictions_SPLIT.csv)")
+                        help="CSV file to write (default: LOG_DIR/predictions_SPLIT.csv; the suffix must be .csv)")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
-    output = args.output or os.path.join(args.log_dir, f"predictions_{args.split}.csv")
+    output = prediction_path(args.output, args.log_dir, args.split, ("csv",))
     run = InferenceRun(args)
     if is_main_process() and not args.benchmark:
-        ensure_writable_dir(os.path.dirname(os.path.abspath(output)), "--output")
+        check_output_locations(args.log_dir, output=output)
     model = maybe_compile(run.model, args.compile)
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name=f"se3_transformer_predict_{run.task}", recipe=RECIPE)
+    logger = logger_from_args(args, RECIPE, run_name=f"se3_transformer_predict_{run.task}")
     try:
         logger.log_params({**vars(args), "model_config": run.config})
         if args.benchmark:
@@ -56,7 +54,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
             values = gather_shards(local, len(run.dataset)).numpy()
             if is_main_process():
                 write_csv(output, run, values)
-            result = {f"{args.split}_size": len(values), "task": run.task}
+            result = {**evaluation_summary(run.checkpoint, args.split, len(values), run.model, run.env.world_size),
+                      "task": run.task}
             logger.log((), result)
             result["output"] = output
     finally:

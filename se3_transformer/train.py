@@ -35,15 +35,15 @@ from typing import List, Optional
 import torch
 
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
-from runtime.checkpoint import load_checkpoint, save_checkpoint
-from runtime.cli import ArgumentParser, add_common_args, non_negative_int, optimizer_betas, positive_float, \
-    resolve_num_workers, sgd_momentum
+from runtime.checkpoint import check_mid_epoch_resume, load_checkpoint, save_checkpoint
+from runtime.cli import ArgumentParser, add_common_args, checkpoint_to_save, non_negative_int, optimizer_betas, \
+    positive_float, resolve_num_workers, sgd_momentum
 from runtime.compile import maybe_compile
-from runtime.data import EpochSampler, ShardSampler, make_loader
+from runtime.data import EpochSampler, ShardSampler, check_batch_size, make_loader
 from runtime.distributed import barrier, init_distributed, is_main_process, shutdown, wrap_ddp
 from runtime.errors import CheckpointError, ConfigError, run_main
-from runtime.io import ensure_writable_dir
-from runtime.logging import setup_logger
+from runtime.io import check_output_locations
+from runtime.logging import logger_from_args
 from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer
 from runtime.precision import Precision, set_tf32
@@ -61,7 +61,7 @@ CUDA_GRAPHS_REFUSED = ("--cuda_graphs is not supported by the SE(3)-Transformer:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m se3_transformer.train", description=__doc__.split("\n\n")[0])
     add_common_args(parser, kind="train", batch_size=240, epochs=100, learning_rate=0.002, weight_decay=0.1,
-                    optimizer="adamw", eval_interval=20, ckpt_interval=-1, data_dir=DEFAULT_DATA_DIR,
+                    optimizer="adamw", data_dir=DEFAULT_DATA_DIR,
                     log_dir="results/se3_transformer", benchmark_warmup=5, benchmark_steps=20)
     add_data_args(parser)
     add_model_args(parser)
@@ -102,16 +102,6 @@ class CosineSchedule:
             group["lr"] = rate
 
 
-def check_output_locations(args) -> None:
-    """Fail in seconds, not after hours: the log directory and the checkpoint's directory must be writable."""
-    ensure_writable_dir(args.log_dir, "--log_dir")
-    if args.save_ckpt_path:
-        if os.path.isdir(args.save_ckpt_path):
-            raise ConfigError(f"--save_ckpt_path {args.save_ckpt_path} is a directory; give a file name, e.g. "
-                              f"{os.path.join(args.save_ckpt_path, 'se3_transformer.pt')}")
-        ensure_writable_dir(os.path.dirname(os.path.abspath(args.save_ckpt_path)), "--save_ckpt_path")
-
-
 def load_data(args, silent: bool):
     """Rank 0 reads (and if needed parses, caches or downloads) first; the other ranks then read."""
     def read():
@@ -132,12 +122,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
         raise ConfigError(CUDA_GRAPHS_REFUSED)
     if args.finetune and not args.load_ckpt_path:
         raise ConfigError("--finetune needs --load_ckpt_path (the checkpoint whose weights to start from)")
-    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity)
+    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
+                           device=args.device)
     device = env.device
     if args.tf32 is not None:
         set_tf32(args.tf32)
+    save_path = checkpoint_to_save(args)
     if is_main_process():
-        check_output_locations(args)
+        check_output_locations(args.log_dir, save_path)
     state = None
     meta = {"recipe": RECIPE, "model": RECIPE, "config": config, "task": args.task, "dataset": args.dataset}
     if args.load_ckpt_path:
@@ -148,24 +140,23 @@ def main(argv: Optional[List[str]] = None) -> dict:
             check_identity(args.load_ckpt_path, state["meta"], meta,
                            hint="; to train its weights on another task or dataset, add --finetune")
     resuming = state is not None and not args.finetune
-    logger = setup_logger(args.log_dir, json_name=args.dllogger_name, wandb=args.wandb,
-                          wandb_project=args.wandb_project, tensorboard=args.tensorboard, silent=args.silent,
-                          run_name=f"se3_transformer_{args.task}", recipe=RECIPE, append=resuming)
+    logger = logger_from_args(args, RECIPE, run_name=f"se3_transformer_{args.task}", append=resuming)
     try:
-        result = _train(args, env, device, config, meta, state, resuming, logger)
+        result = _train(args, env, device, config, meta, state, resuming, logger, save_path)
     finally:
         logger.close()
     shutdown()
     return result
 
 
-def _train(args, env, device, config, meta, state, resuming, logger) -> dict:
+def _train(args, env, device, config, meta, state, resuming, logger, save_path: str) -> dict:
     logger.log_params({**vars(args), "model_config": config})
     seed_everything(args.seed, env.rank)
 
     # ---- data ----
     arrays = load_data(args, args.silent)
     train_ids, val_ids, _ = split_indices(len(arrays), seed=0)
+    check_batch_size(args.batch_size, len(train_ids), env.world_size, "molecules")
     model = build_model(config, device, args.fuse_level, args.low_memory, args.pad_trick)
     report = None if args.silent or not is_main_process() else print
     bases = precompute_bases(arrays, model.transformer.max_degree, report=report) if args.precompute_bases else None
@@ -204,7 +195,7 @@ def _train(args, env, device, config, meta, state, resuming, logger) -> dict:
             info = load_checkpoint(args.load_ckpt_path, model, optimizer, None, precision, state=state,
                                    expect={k: meta[k] for k in ("recipe", "config", "task", "dataset")})
             position = Position.from_dict(info["position"])
-            check_mid_epoch_resume(args, extra, position, env.world_size)
+            check_mid_epoch_resume(args.load_ckpt_path, extra, position, args.batch_size, env.world_size)
         else:
             load_checkpoint(args.load_ckpt_path, model, state=state)  # --finetune: weights only (strict)
     schedule.apply(position.epoch, position.step)
@@ -247,14 +238,14 @@ def _train(args, env, device, config, meta, state, resuming, logger) -> dict:
         return {"val_mae": result["mae"], "val_loss": result["loss"]}
 
     def save(pos: Position) -> None:
-        if not args.save_ckpt_path:
+        if not save_path:
             return
         periodic = args.ckpt_interval > 0 or args.ckpt_steps > 0
-        save_checkpoint(args.save_ckpt_path, model, optimizer, None, precision, meta=meta, position=pos.to_dict(),
+        save_checkpoint(save_path, model, optimizer, None, precision, meta=meta, position=pos.to_dict(),
                         keep_last=args.keep_last if periodic else None,
                         extra={"target_scaler": scaler.state_dict(), "unit": unit,
                                "num_molecules": args.num_molecules, "batch_size": args.batch_size,
-                               "world_size": env.world_size})
+                               "replicas": env.world_size, "data_dir": os.path.abspath(args.data_dir)})
 
     meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None
     loop = TrainLoop(LoopConfig.from_args(args, seed_rank=env.rank, replicas=env.world_size), train_loader,
@@ -278,17 +269,6 @@ def unwrap_compile(model):
     while hasattr(model, "_orig_mod"):
         model = model._orig_mod
     return model
-
-
-def check_mid_epoch_resume(args, extra, position: Position, world_size: int) -> None:
-    """Mid-epoch, the batches already consumed are skipped by count: the batch size and process
-    count must be the ones that consumed them."""
-    saved = (extra.get("batch_size"), extra.get("world_size"))
-    if position.batch and saved != (args.batch_size, world_size):
-        raise CheckpointError(f"checkpoint {args.load_ckpt_path} was written mid-epoch ({position.batch} batches "
-                              f"into epoch {position.epoch}) with --batch_size {saved[0]} on {saved[1]} process(es); "
-                              f"this run has --batch_size {args.batch_size} on {world_size}: resume with those, or "
-                              "from a checkpoint written at an epoch end")
 
 
 if __name__ == "__main__":

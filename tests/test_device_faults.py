@@ -61,7 +61,7 @@ def test_moflow_train_evaluate_predict_on_the_device(moflow_run):
     from moflow import evaluate, generate
 
     data, run = moflow_run
-    ckpt = str(run / "moflow.pt")
+    ckpt = str(run / "checkpoint.pt")
     assert_no_per_batch_sync(evaluate.main, ["--load_ckpt_path", ckpt, "--log_dir", str(run / "eval"), "--silent",
                                              "--num_samples", "8", "--num_molecules", "16"],
                              ["--batch_size", "8"], ["--batch_size", "4"])

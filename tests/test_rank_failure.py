@@ -51,7 +51,7 @@ def checkpoints(tmp_path_factory):
                                str(tmp / "se3" / "model.pt"), "--max_steps", "1"])
     gp_data = tiny_dataset(tmp / "gp_data")
     gp_train.main(gp_train_args(gp_data, tmp / "gp", "--max_steps", "1", "--num_workers", "0"))
-    return {"mf_data": mf_data, "mf": tmp / "mf" / "moflow.pt", "se3": tmp / "se3" / "model.pt",
+    return {"mf_data": mf_data, "mf": tmp / "mf" / "checkpoint.pt", "se3": tmp / "se3" / "model.pt",
             "gp_data": gp_data, "gp": tmp / "gp" / "model.pt"}
 
 

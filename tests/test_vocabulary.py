@@ -25,9 +25,9 @@ def _moflow(tmp_path):
                      "--max_nodes", "18", "--valid_fraction", "0.2"])
     train.main(["--data_dir", data, "--log_dir", out, "--epochs", "2", "--log_interval", "1", "--val_samples", "8",
                 "--val_molecules", "8", *MOFLOW_TINY])
-    evaluate.main(["--load_ckpt_path", f"{out}/moflow.pt", "--log_dir", out, "--num_samples", "8",
+    evaluate.main(["--load_ckpt_path", f"{out}/checkpoint.pt", "--log_dir", out, "--num_samples", "8",
                    "--num_molecules", "8", "--output", f"{out}/metrics.json"])
-    predict.main(["--load_ckpt_path", f"{out}/moflow.pt", "--log_dir", out, "--num_samples", "8",
+    predict.main(["--load_ckpt_path", f"{out}/checkpoint.pt", "--log_dir", out, "--num_samples", "8",
                   "--output", f"{out}/mols.smi", "--png", ""])
     return out
 

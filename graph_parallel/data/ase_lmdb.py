@@ -37,7 +37,6 @@ from runtime.errors import DataError
 from .lmdb_files import list_files, open_lmdb
 from .records import REBUILD_HINT, frame_to_tensors, validate_frame
 
-ASE_LMDB_METADATA_KEYS = (b"nextid", b"deleted_ids", b"metadata")
 
 
 def _json_hook(obj: Dict):

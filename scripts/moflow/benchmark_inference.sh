@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Inference (sampling z -> molecule graph) throughput (molecules/s) and latency percentiles of
 # `python -m moflow.generate --benchmark`, FP32 then AMP. Extra flags go to moflow.generate.
-#   CKPT=results/moflow/moflow.pt BATCH_SIZES="100 1000" bash scripts/moflow/benchmark_inference.sh
+#   CKPT=results/moflow/checkpoint.pt BATCH_SIZES="100 1000" bash scripts/moflow/benchmark_inference.sh
 # With --baseline REV (or BASELINE=REV): the model code of this checkout against revision REV instead,
 # side by side: scripts/moflow/bench_model.py (reverse pass of a freshly initialised model, no
 # checkpoint needed; PRESET default qm9, batch BATCH_SIZE default 1000) run ROUNDS times (default 5)
@@ -20,7 +20,7 @@ if [ -n "$BASELINE" ]; then
         --reverse_batch_size "${BATCH_SIZE:-1000}" ${data[@]+"${data[@]}"} ${ARGS[@]+"${ARGS[@]}"}
     exit 0
 fi
-CKPT="${CKPT:-results/moflow/moflow.pt}"
+CKPT="${CKPT:-results/moflow/checkpoint.pt}"
 OUT="${OUT:-results/moflow_benchmark}"
 for bs in ${BATCH_SIZES:-100 1000}; do
     for amp in "" "--amp"; do

@@ -4,8 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../env.sh"
 LOG_DIR="${LOG_DIR:-results/moflow}"
-CKPT="${CKPT:-$LOG_DIR/moflow.pt}"
-python -m moflow.generate --load_ckpt_path "$CKPT" --log_dir "$LOG_DIR" \
-    --output "$LOG_DIR/generated.smi" --png "$LOG_DIR/generated.png" "$@"
-python -m moflow.evaluate --load_ckpt_path "$CKPT" --log_dir "$LOG_DIR" --output "$LOG_DIR/metrics.json" \
+CKPT="${CKPT:-$LOG_DIR/checkpoint.pt}"
+python -m moflow.generate --load_ckpt_path "$CKPT" --log_dir "$LOG_DIR" "$@"   # LOG_DIR/predictions_samples.smi
+python -m moflow.evaluate --load_ckpt_path "$CKPT" --log_dir "$LOG_DIR" \
     --num_samples "${EVAL_SAMPLES:-1000}"

@@ -8,4 +8,4 @@ DATA_DIR="${DATA_DIR:-data/moflow}"
 DATASET="${DATASET:-sample}"
 LOG_DIR="${LOG_DIR:-results/moflow}"
 python -m moflow.train --dataset "$DATASET" --data_dir "$DATA_DIR" --log_dir "$LOG_DIR" \
-    --save_ckpt_path "$LOG_DIR/moflow.pt" "$@"
+    --save_ckpt_path "$LOG_DIR/checkpoint.pt" "$@"

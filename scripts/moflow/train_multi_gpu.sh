@@ -9,4 +9,4 @@ DATA_DIR="${DATA_DIR:-data/moflow}"
 DATASET="${DATASET:-zinc250k}"
 LOG_DIR="${LOG_DIR:-results/moflow}"
 torchrun --standalone --nproc_per_node "$NPROC" -m moflow.train --dataset "$DATASET" --data_dir "$DATA_DIR" \
-    --log_dir "$LOG_DIR" --save_ckpt_path "$LOG_DIR/moflow.pt" "$@"
+    --log_dir "$LOG_DIR" --save_ckpt_path "$LOG_DIR/checkpoint.pt" "$@"

@@ -24,7 +24,7 @@ BATCH_SIZES="${BATCH_SIZES:-400 800 1600}"
 LOG_ROOT="${LOG_ROOT:-results/se3_transformer_benchmark/inference}"
 if [[ -z "${CKPT:-}" ]]; then
     CKPT="$LOG_ROOT/benchmark_model.pt"
-    python -m se3_transformer.train --dataset sample --num_molecules 100 --epochs 1 --silent true \
+    python -m se3_transformer.train --dataset sample --num_molecules 100 --batch_size 32 --epochs 1 --silent true \
         --log_dir "$LOG_ROOT/make_ckpt" --save_ckpt_path "$CKPT" ${ARGS[@]+"${ARGS[@]}"}
 fi
 for bs in $BATCH_SIZES; do

@@ -10,6 +10,7 @@ DATASET="${DATASET:-qm9pack}"
 TASK="${TASK:-homo}"
 DATA_DIR="${DATA_DIR:-data/se3_transformer}"
 LOG_DIR="${LOG_DIR:-results/se3_transformer}"
-python -m se3_transformer.train --dataset "$DATASET" --task "$TASK" --data_dir "$DATA_DIR" --log_dir "$LOG_DIR" \
+DATA=(--dataset "$DATASET"); [[ "$DATASET" == sample ]] || DATA+=(--data_dir "$DATA_DIR")  # the sample is embedded
+python -m se3_transformer.train "${DATA[@]}" --task "$TASK" --log_dir "$LOG_DIR" \
     --batch_size 240 --epochs 100 --learning_rate 0.002 --weight_decay 0.1 --use_layer_norm true --norm true \
     --eval_interval 20 --seed 42 --save_ckpt_path "$LOG_DIR/se3_transformer_${TASK}.pt" "$@"

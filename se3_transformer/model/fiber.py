@@ -75,11 +75,6 @@ class Fiber:
         return f"Fiber({self._structure})"
 
 
-def fuse_features(features: Dict[int, Tensor], degrees: Iterable[int]) -> Tensor:
-    """Concatenate ``{d: [..., C, 2d+1]}`` along the last axis (all degrees need the same C)."""
-    return torch.cat([features[d] for d in degrees], dim=-1)
-
-
 def unfuse_features(features: Tensor, degrees: Iterable[int]) -> Dict[int, Tensor]:
     """Split ``[..., C, sum(2d+1)]`` back into ``{d: [..., C, 2d+1]}`` (views, no copy)."""
     degrees = list(degrees)

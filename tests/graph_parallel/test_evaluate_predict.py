@@ -67,8 +67,8 @@ def test_converted_checkpoints_evaluate_on_a_named_dataset(tmp_path):
     assert result["val_size"] == 36 and result["val_energy_mae_baseline_mean"] == pytest.approx(1.0531, abs=1e-4)
     with pytest.raises(MissingFileError, match="nowhere"):
         evaluate.main(["--load_ckpt_path", str(ckpt), "--dataset", "nowhere", "--data_dir", str(tmp_path)])
-    with pytest.raises(ConfigError, match="--load_ckpt_path is required"):
-        evaluate.main(["--log_dir", str(tmp_path)])
+    with pytest.raises(MissingFileError, match=f"checkpoint not found: {tmp_path / 'checkpoint.pt'}"):
+        evaluate.main(["--log_dir", str(tmp_path)])   # the default: LOG_DIR/checkpoint.pt
 
 
 def test_param_counts_help_prints_and_does_not_run(capsys):

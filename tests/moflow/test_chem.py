@@ -136,3 +136,22 @@ def test_parallel_decoding_equals_serial():
     kept, atoms, bonds, _, _ = encode_many(read_smiles_csv(SAMPLE_PATH)[:120], ZINC)
     serial = graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False)
     assert graphs_to_smiles(atoms, bonds, ZINC.atomic_nums, correct=False, workers=2, chunk=50) == serial == kept
+
+
+def test_uniqueness_has_one_definition_in_training_evaluate_and_predict(monkeypatch):
+    """Distinct valid corrected molecules over valid corrected molecules, whatever raw validity is: a
+    log must not show 100 % validity beside 0 % uniqueness because no raw molecule was valid."""
+    from moflow import generate, train
+
+    raw, corrected = [None, None, None], ["CCO", "CCN", "CCO"]
+    monkeypatch.setattr(train, "sample_smiles", lambda *a, **k: (raw, corrected))
+
+    class Model(torch.nn.Module):
+        pass
+
+    args = type("Args", (), {"val_samples": 3, "temperature": 0.6})()
+    during_training = train.sample_metrics(Model(), args, [6, 7, 8], None)
+    in_evaluate = generation_metrics(raw, corrected, [], train_decoded=True)
+    assert during_training["uniqueness"] == in_evaluate["uniqueness"] == pytest.approx(200 / 3)
+    assert during_training["validity"] == 100.0 and during_training["validity_without_correction"] == 0.0
+    assert generate.sample_quality is train.sample_quality  # predict logs the same function's numbers

@@ -23,21 +23,21 @@ def data_dir(tmp_path_factory):
 
 def _train(data_dir, run_dir, *extra):
     args = train.build_parser().parse_args(
-        ["--data_dir", data_dir, "--log_dir", str(run_dir), "--save_ckpt_path", str(run_dir / "moflow.pt"),
+        ["--data_dir", data_dir, "--log_dir", str(run_dir), "--save_ckpt_path", str(run_dir / "checkpoint.pt"),
          "--log_interval", "1", *TINY, *extra])
-    return train.train(args)
+    return train.train(args)["model"]
 
 
 def test_train_resume_generate_evaluate(data_dir, tmp_path):
     run = tmp_path / "run"
     _train(data_dir, run, "--epochs", "1", "--val_samples", "8")
-    ckpt = read_checkpoint(str(run / "moflow.pt"))
+    ckpt = read_checkpoint(str(run / "checkpoint.pt"))
     assert ckpt["position"]["epoch"] == 1 and ckpt["position"]["step"] == 2
     assert ckpt["meta"]["config"]["b_hidden_ch"] == [16] and ckpt["meta"]["recipe"] == "moflow"
 
-    model = _train(data_dir, run, "--epochs", "2", "--load_ckpt_path", str(run / "moflow.pt"),
+    model = _train(data_dir, run, "--epochs", "2", "--load_ckpt_path", str(run / "checkpoint.pt"),
                    "--val_samples", "8")
-    ckpt = read_checkpoint(str(run / "moflow.pt"))
+    ckpt = read_checkpoint(str(run / "checkpoint.pt"))
     assert ckpt["position"]["epoch"] == 2 and ckpt["position"]["step"] == 4
     assert model.ln_var.item() != 0.0  # the prior variance is learned
     records = read_dllogger(str(run / "log.json"))
@@ -45,13 +45,13 @@ def test_train_resume_generate_evaluate(data_dir, tmp_path):
     assert len(losses) == 4 and all(map(lambda v: v == v, losses))
 
     out = tmp_path / "gen"
-    generate.main(["--load_ckpt_path", str(run / "moflow.pt"), "--log_dir", str(out), "--num_samples", "12",
+    generate.main(["--load_ckpt_path", str(run / "checkpoint.pt"), "--log_dir", str(out), "--num_samples", "12",
                    "--output", str(out / "mols.smi"), "--png", str(out / "grid.png"), "--silent"])
     smiles = (out / "mols.smi").read_text().split()
     assert 0 < len(smiles) <= 12
     assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    evaluate.main(["--load_ckpt_path", str(run / "moflow.pt"), "--log_dir", str(out), "--num_samples", "16",
+    evaluate.main(["--load_ckpt_path", str(run / "checkpoint.pt"), "--log_dir", str(out), "--num_samples", "16",
                    "--num_molecules", "20", "--output", str(out / "metrics.json"), "--silent"])
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("validity", "validity_without_correction", "uniqueness", "novelty", "nuv"):
@@ -60,12 +60,21 @@ def test_train_resume_generate_evaluate(data_dir, tmp_path):
     assert metrics["val_loss"] > 0
 
 
+def test_mid_epoch_resume_with_another_batch_size_is_refused(data_dir, tmp_path):
+    """The consumed batches of a mid-epoch checkpoint are skipped by count: MoFlow refuses another
+    batch size there, as the other recipes do (runtime.checkpoint.check_mid_epoch_resume)."""
+    _train(data_dir, tmp_path, "--epochs", "3", "--max_steps", "3", "--val_samples", "0", "--val_molecules", "0")
+    with pytest.raises(CheckpointError, match="mid-epoch .* --batch_size 16 on 1 .*this run has --batch_size 8"):
+        _train(data_dir, tmp_path, "--epochs", "3", "--batch_size", "8", "--load_ckpt_path",
+               str(tmp_path / "checkpoint.pt"))
+
+
 @pytest.mark.parametrize("stop", [["--epochs", "1"], ["--max_steps", "3"]])  # epoch end; mid-epoch
 def test_resume_matches_uninterrupted_training(data_dir, tmp_path, stop):
     common = ["--val_samples", "4", "--val_molecules", "8", "--seed", "3"]
     straight = _train(data_dir, tmp_path / "a", "--epochs", "3", *common)
     _train(data_dir, tmp_path / "b", *(stop if "--epochs" in stop else ["--epochs", "3", *stop]), *common)
-    ckpt = read_checkpoint(str(tmp_path / "b" / "moflow.pt"))
+    ckpt = read_checkpoint(str(tmp_path / "b" / "checkpoint.pt"))
     if "--max_steps" in stop:
         position = ckpt["position"]
         assert (position["epoch"], position["batch"], position["step"]) == (1, 1, 3)  # stopped mid-epoch
@@ -74,7 +83,7 @@ def test_resume_matches_uninterrupted_training(data_dir, tmp_path, stop):
     assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == n_params
     assert len(ckpt["optimizer"]["state"]) == n_params
     resumed = _train(data_dir, tmp_path / "b", "--epochs", "3", "--load_ckpt_path",
-                     str(tmp_path / "b" / "moflow.pt"), *common)
+                     str(tmp_path / "b" / "checkpoint.pt"), *common)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), f"{name} differs after resume"
     log_a, log_b = (read_dllogger(str(tmp_path / d / "log.json")) for d in "ab")
@@ -110,7 +119,7 @@ def test_bad_inputs_fail_clearly(data_dir, tmp_path):
 def test_resume_refuses_other_architecture_flags(data_dir, tmp_path):
     _train(data_dir, tmp_path, "--epochs", "1", "--val_samples", "0")
     with pytest.raises(CheckpointError, match="b_n_flow: checkpoint has 2, this run has 3"):
-        _train(data_dir, tmp_path, "--epochs", "2", "--load_ckpt_path", str(tmp_path / "moflow.pt"),
+        _train(data_dir, tmp_path, "--epochs", "2", "--load_ckpt_path", str(tmp_path / "checkpoint.pt"),
                "--b_n_flow", "3")
 
 
@@ -121,7 +130,7 @@ def test_benchmark_mode_reports_throughput(data_dir, tmp_path, capsys):
     records = read_dllogger(str(tmp_path / "log.json"))
     summary = [r["data"] for r in records if r["type"] == "LOG" and "train_throughput" in r["data"]]
     assert summary and summary[0]["train_throughput"] > 0 and summary[0]["train_steps"] == 3
-    assert not (tmp_path / "moflow.pt").exists()
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_interpolation_endpoints_are_the_inputs(data_dir, tmp_path):
@@ -136,7 +145,7 @@ def test_interpolation_endpoints_are_the_inputs(data_dir, tmp_path):
 
 def test_gradient_accumulation_steps_optimizer_every_k_batches(data_dir, tmp_path):
     _train(data_dir, tmp_path, "--epochs", "2", "--accumulate_grad_batches", "2", "--val_samples", "0")
-    ckpt = read_checkpoint(str(tmp_path / "moflow.pt"))
+    ckpt = read_checkpoint(str(tmp_path / "checkpoint.pt"))
     assert ckpt["position"]["step"] == 2  # optimizer steps: 2 epochs x 2 batches / 2
     adam_steps = {float(s["step"]) for s in ckpt["optimizer"]["state"].values()}
     assert adam_steps == {2.0}  # one optimizer step per two batches
@@ -154,7 +163,7 @@ def test_qed_optimisation_cli(data_dir, tmp_path):
         pred = reg(path)
     assert (pred[1:] > pred[:-1]).all()
     out = tmp_path / "qed.tsv"
-    optimize.main(["--load_ckpt_path", str(tmp_path / "moflow.pt"), "--num_train", "40", "--fit_epochs", "5",
+    optimize.main(["--load_ckpt_path", str(tmp_path / "checkpoint.pt"), "--num_train", "40", "--fit_epochs", "5",
                    "--num_start", "2", "--steps", "2", "--output", str(out)])
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
     assert len(rows) == 2
@@ -174,4 +183,4 @@ def test_cuda_streams_graphs_and_fp16_train(data_dir, tmp_path):
     records = read_dllogger(str(run / "log.json"))
     losses = [r["data"]["train_loss"] for r in records if r["type"] == "LOG" and "train_loss" in r.get("data", {})]
     assert losses and all(isinstance(v, float) and v == v for v in losses)
-    assert read_checkpoint(str(run / "moflow.pt"))["precision"].get("scaler")
+    assert read_checkpoint(str(run / "checkpoint.pt"))["precision"].get("scaler")

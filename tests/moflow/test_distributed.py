@@ -7,11 +7,11 @@ from runtime.testing import run_distributed
 
 def _train_rank(rank, world_size, data_dir, run_dir):
     args = train.build_parser().parse_args(
-        ["--data_dir", data_dir, "--log_dir", run_dir, "--save_ckpt_path", f"{run_dir}/moflow.pt",
+        ["--data_dir", data_dir, "--log_dir", run_dir, "--save_ckpt_path", f"{run_dir}/checkpoint.pt",
          "--epochs", "1", "--batch_size", "8", "--val_samples", "0", "--silent", "--b_n_flow", "2",
          "--b_hidden_ch", "8", "--b_n_squeeze", "6", "--a_n_flow", "3", "--a_hidden_gnn", "8",
          "--a_hidden_lin", "8", "--log_interval", "1"])
-    model = train.train(args)
+    model = train.train(args)["model"]
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -20,7 +20,7 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
     preprocess.main(["--dataset", "sample", "--data_dir", str(data_dir), "--max_molecules", "400",
                      "--max_atoms", "18", "--max_nodes", "18", "--valid_fraction", "0.2"])
     states = run_distributed(_train_rank, 2, str(data_dir), str(tmp_path / "run"))
-    assert (tmp_path / "run" / "moflow.pt").exists()
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
     for key, value in states[0].items():
         if key.endswith("num_batches_tracked") or "running_" in key:
             continue  # BatchNorm statistics are per rank, as in any DDP run without SyncBatchNorm

@@ -33,7 +33,7 @@ def test_nvidia_training_evaluation_and_prediction_lines_run(data_dir, tmp_path)
     results = tmp_path / "results"
     common = ["--data_dir", data_dir, "--results_dir", str(results)]
     train.main(NVIDIA_TRAIN + NVIDIA_README + common + ["--batch_size", "8", "--steps", "2"] + TINY)
-    ckpt = str(results / "moflow.pt")
+    ckpt = str(results / "checkpoint.pt")
     evaluate.main(NVIDIA_EVAL + ["--load_ckpt_path", ckpt, "--log_dir", str(results), "--batch_size", "4",
                                  "--num_molecules", "8", "--output", str(results / "metrics.json")])
     out = results / "predictions.smi"

@@ -10,8 +10,8 @@ from moflow.data.dataset import MoleculeCache
 from runtime.errors import ConfigError
 
 TINY = ["--b_n_flow", "2", "--b_hidden_ch", "16", "--b_n_squeeze", "6", "--b_conv_lu", "1",
-        "--a_n_flow", "4", "--a_hidden_gnn", "8", "--a_hidden_lin", "8", "--batch_size", "32",
-        "--silent", "--num_workers", "0", "--val_samples", "0"]
+        "--a_n_flow", "4", "--a_hidden_gnn", "8", "--a_hidden_lin", "8", "--batch_size", "23",
+        "--silent", "--num_workers", "0", "--val_samples", "0"]  # batch: the 23 training molecules
 
 
 def test_penalized_logp_matches_the_reference():
@@ -88,7 +88,7 @@ def trained(tmp_path_factory):
     preprocess.main(["--dataset", "sample", "--data_dir", str(d), "--max_molecules", "200",
                      "--max_atoms", "18", "--max_nodes", "18", "--valid_fraction", "0.1"])
     args = train.build_parser().parse_args(["--data_dir", str(d), "--log_dir", str(d / "run"), "--save_ckpt_path",
-                                            str(d / "run" / "moflow.pt"), "--epochs", "1", *TINY])
+                                            str(d / "run" / "checkpoint.pt"), "--epochs", "1", *TINY])
     train.train(args)
     return d
 
@@ -101,7 +101,7 @@ def _tsv(path):
 
 def test_constrained_plogp_cli(trained, tmp_path, capsys):
     out = tmp_path / "plogp.tsv"
-    optimize.main(["--load_ckpt_path", str(trained / "run" / "moflow.pt"), "--property", "plogp",
+    optimize.main(["--load_ckpt_path", str(trained / "run" / "checkpoint.pt"), "--property", "plogp",
                    "--similarity_thresholds", "0.0", "0.4", "--num_start", "3", "--steps", "5", "--step_size", "0.2",
                    "--num_train", "60", "--fit_epochs", "5", "--output", str(out)])
     printed = capsys.readouterr().out
@@ -129,4 +129,4 @@ def test_constrained_plogp_cli(trained, tmp_path, capsys):
         assert float(s["success_rate"]) == pytest.approx(100 * len(ok) / 3, abs=1e-3)
     # bad flag values fail before any work
     with pytest.raises(ConfigError, match="similarity_thresholds"):
-        optimize.main(["--load_ckpt_path", str(trained / "run" / "moflow.pt"), "--similarity_thresholds", "1.5"])
+        optimize.main(["--load_ckpt_path", str(trained / "run" / "checkpoint.pt"), "--similarity_thresholds", "1.5"])

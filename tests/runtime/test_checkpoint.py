@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from runtime.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from runtime.optim import make_optimizer, make_scheduler
 from runtime.precision import Precision
 
@@ -55,6 +55,16 @@ def test_truncated_checkpoint_raises_clear_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(str(path), model)
+
+
+def test_corrupt_checkpoint_message_gives_the_cause_whole(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(str(path))
+    message = str(info.value)
+    assert message.endswith(")") and "corrupt or truncated" in message, message
+    assert "weights_only" not in message and "Unsupported operand" in message, message  # the cause, not advice
 
 
 def test_missing_and_foreign_and_mismatched_checkpoints(tmp_path):
@@ -184,3 +194,14 @@ def test_sigkill_during_save_keeps_a_loadable_checkpoint(tmp_path, point):
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
     assert leftovers == [], f"stale temporary files survived the next save: {leftovers}"
     assert torch.load(path, weights_only=True)["position"]["step"] == 3
+
+
+def test_config_differences_word_every_recipes_refusal():
+    from runtime.checkpoint import config_differences
+
+    saved, wanted = {"layers": 2, "norm": True, "width": 8}, {"layers": 3, "norm": True, "heads": 4}
+    assert config_differences(saved, wanted) == ["heads: checkpoint has None, this run has 4",
+                                                 "layers: checkpoint has 2, this run has 3",
+                                                 "width: checkpoint has 8, this run has None"]
+    assert config_differences(saved, wanted, keys=["layers"], describe=str) == ["layers: checkpoint has 2, this run "
+                                                                                "has 3"]
