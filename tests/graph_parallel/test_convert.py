@@ -32,7 +32,7 @@ from graph_parallel.data import EMBEDDED_DATA_DIR, LmdbDataset, radius_graph_pbc
 from graph_parallel.data.batch import S2EFBatch
 from graph_parallel.models import (build_model, he_orthogonal_, load_scale_file, model_graph, predict,
                                    save_scale_file, scale_factors_by_name)
-from graph_parallel.models.gemnet import Dense, EfficientBilinear
+from graph_parallel.models.gemnet import Dense, EfficientBilinear, scale_file_shape
 from graph_parallel.parallel import partition_graph
 from runtime.checkpoint import read_checkpoint
 from runtime.errors import CheckpointError, ConfigError, DataError, MissingFileError, run_main
@@ -639,6 +639,21 @@ def test_load_scale_file_fairchem_format(tmp_path):
     load_scale_file(fresh, out)
     assert all(float(a.scale) == float(b.scale) for a, b in
                zip(scale_factors_by_name(model).values(), scale_factors_by_name(fresh).values()))
+
+
+def test_a_refused_scale_file_names_the_gemnet_it_fits(tmp_path):
+    path = tmp_path / "published.json"
+    path.write_text(json.dumps({"comment": "fitted", **{n: 1.5 for n in fairchem_scale_names(4, True)}}))
+    with pytest.raises(DataError, match=r"does not match this GemNet-T with 2 blocks: unknown names .*"
+                                        r"the file fits GemNet-dT with 4 blocks \(num_blocks 4\)"):
+        load_scale_file(build_model("gemnet_t", "small"), path)
+    path.write_text(json.dumps({n: 1.5 for n in fairchem_scale_names(1, False)}))
+    with pytest.raises(DataError, match=r"this GemNet-dT with 2 blocks: .*fits GemNet-T with 1 block \("):
+        load_scale_file(build_model("gemnet_dt", "small"), path)
+    path.write_text(json.dumps({n: 1.5 for n in fairchem_scale_names(3, False) if n != "AtomUpdate_2_sum"}))
+    with pytest.raises(DataError, match=r"fits no GemNet-T or GemNet-dT"):
+        load_scale_file(build_model("gemnet_t", "small"), path)
+    assert scale_file_shape(fairchem_scale_names(3, True)) == "GemNet-dT with 3 blocks (num_blocks 3)"
 
 
 def test_load_scale_file_refuses_mismatches(tmp_path):
