@@ -128,7 +128,8 @@ def build_parser():
                         help="the DLLogger JSON-lines log: a file name inside --log_dir, or a path")
     parser.add_argument("--output", default=None, help="the .npz file of energies and forces (default: "
                                                        "LOG_DIR/<structure stem>.npz)")
-    parser.add_argument("--trajectory", default=None, help="the ASE trajectory (default: LOG_DIR/<structure stem>.traj)")
+    parser.add_argument("--trajectory", default=None,
+                        help="the ASE trajectory (default: LOG_DIR/<structure stem>.traj)")
     add_bool(parser, "--relax", help="relax each frame with --optimizer instead of a single point")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="BFGS", help="ASE optimizer for --relax")
     parser.add_argument("--fmax", type=positive_float, default=0.05,

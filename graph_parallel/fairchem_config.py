@@ -117,7 +117,7 @@ def read_yaml(path: str, seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
     return _merge(merged, tree)
 
 
-def _dataset_dir(fields: Dict[str, Any], path: str) -> Tuple[Dict[str, Any], List[str]]:
+def _dataset_dir(fields: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
     """``--dataset`` from ``dataset.train.src`` / ``dataset.val.src`` (fairchem's dict or list form)."""
     dataset = fields.pop("dataset", None)
     srcs = {}
@@ -143,7 +143,7 @@ def fairchem_defaults(path: str, dataset_given: bool = False) -> Dict[str, Any]:
     architecture fields (overrides of ``--preset``). Refused fields raise one ConfigError naming all."""
     fields = _flatten(read_yaml(path))
     out, problems = {}, []
-    dataset, why = _dataset_dir(fields, path)
+    dataset, why = _dataset_dir(fields)
     if not dataset_given:
         out.update(dataset)
         problems += why
@@ -151,10 +151,10 @@ def fairchem_defaults(path: str, dataset_given: bool = False) -> Dict[str, Any]:
     if name is not None:
         if name not in FAIRCHEM_NAMES:
             problems.append(f"model.name {name!r}: this project trains {sorted(FAIRCHEM_NAMES)}")
+        elif FAIRCHEM_NAMES[name] == "dimenetpp":
+            out["model"] = "dimenetpp"
         else:
-            direct = fields.pop("model.direct_forces", False)
-            out["model"] = FAIRCHEM_NAMES[name] if FAIRCHEM_NAMES[name] == "dimenetpp" else (
-                "gemnet_dt" if direct else "gemnet_t")
+            out["model"] = "gemnet_dt" if fields.pop("model.direct_forces", False) else "gemnet_t"
     architecture = ARCHITECTURE["dimenetpp" if out.get("model") == "dimenetpp" else "gemnet_t"]
     if "model.envelope.exponent" in fields:
         fields["model.envelope_exponent"] = fields.pop("model.envelope.exponent")

@@ -40,5 +40,5 @@ def model_from_config(name: str, config: dict) -> nn.Module:
 
 
 __all__ = ["build_model", "model_from_config", "count_parameters", "predict", "model_graph", "edge_kind",
-           "he_orthogonal_", "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig", "fit_scale_factors",
-           "load_scale_file", "save_scale_file", "scale_factors_by_name"]
+           "he_orthogonal_", "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig",
+           "fit_scale_factors", "load_scale_file", "save_scale_file", "scale_factors_by_name"]

@@ -88,7 +88,8 @@ def fairchem_batch(items, dtype):
 
 def set_scale_factors(model) -> None:
     with torch.no_grad():
-        for k, (name, p) in enumerate(sorted((n, b) for n, b in model.named_parameters() if n.endswith("scale_factor"))):
+        factors = sorted((n, p) for n, p in model.named_parameters() if n.endswith("scale_factor"))
+        for k, (_, p) in enumerate(factors):
             p.fill_(0.6 + 0.1 * k)
 
 

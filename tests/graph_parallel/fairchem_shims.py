@@ -62,7 +62,8 @@ def shim_modules() -> dict:
     import torch_geometric  # noqa: F401 - before the shims, so PyG does not pick them up
 
     contents = {"torch_scatter": {"scatter": _scatter, "segment_csr": _segment_csr,
-                                  "segment_coo": lambda s, i, dim_size=None, reduce="sum": _scatter(s, i, dim_size=dim_size)},
+                                  "segment_coo": lambda s, i, dim_size=None, reduce="sum":
+                                  _scatter(s, i, dim_size=dim_size)},
                 "torch_sparse": {"SparseTensor": _SparseRows},
                 "huggingface_hub": {"hf_hub_download": None}}
     modules = {}

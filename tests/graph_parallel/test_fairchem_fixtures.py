@@ -1,6 +1,7 @@
-"""Conversion checked against fairchem without fairchem installed: committed tiny checkpoints trained through
-fairchem-core 1.10's own DimeNet++ / GemNet-T / GemNet-dT classes, and fairchem's float64 energies and forces
-on 5 structures (tests/graph_parallel/fixtures/fairchem, written by scripts/graph_parallel/make_fairchem_fixtures.py)."""
+"""Conversion checked against fairchem without fairchem installed: committed tiny checkpoints trained
+through fairchem-core 1.10's own DimeNet++ / GemNet-T / GemNet-dT classes, and fairchem's float64
+energies and forces on 5 structures (tests/graph_parallel/fixtures/fairchem, written by
+scripts/graph_parallel/make_fairchem_fixtures.py)."""
 from pathlib import Path
 
 import numpy as np
