@@ -36,6 +36,7 @@ import torch.distributed as dist
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.cli import add_refused, positive_float, positive_int
 from runtime.data import ShardSampler, make_loader
+from runtime.devicecheck import expected_sync
 from runtime.distributed import ProcessGrid, get_world_size, is_initialized
 from runtime.errors import ConfigError, DataError, MissingFileError
 from runtime.precision import Precision
@@ -186,9 +187,11 @@ def evaluate_split(model, loader, grid: ProcessGrid, precision: Precision, devic
             sums += s2ef_error_sums(energy, forces, batch, norm, baselines, weights)
     finally:
         model.train(was_training)
-    if grid.dp_group is not None and grid.dp_size > 1:
-        dist.all_reduce(sums, group=grid.dp_group)
-    return s2ef_metrics(sums.tolist(), norm, energy_coef, force_coef, baselines=baselines is not None)
+    with expected_sync("evaluation result"):
+        if grid.dp_group is not None and grid.dp_size > 1:
+            dist.all_reduce(sums, group=grid.dp_group)
+        totals = sums.tolist()
+    return s2ef_metrics(totals, norm, energy_coef, force_coef, baselines=baselines is not None)
 
 
 def benchmark_inference(model, loader, grid: ProcessGrid, precision: Precision, device, warmup: int, steps: int,

@@ -84,7 +84,7 @@ class EnergyBaselines:
             .index_add_(0, batch.batch, per_atom) + self.bias
 
     def weights_on(self, device) -> Tensor:
-        return torch.tensor(self.linref, dtype=torch.float64, device=device)
+        return torch.tensor(self.linref, dtype=torch.float64).to(device, non_blocking=True)   # no stream sync
 
 
 def energy_statistics(dataset, limit: int = 20000) -> Tuple[Normalizer, EnergyBaselines]:

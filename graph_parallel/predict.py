@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.devicecheck import expected_sync
 from runtime.distributed import is_initialized, is_main_process, shutdown
 from runtime.errors import ConfigError, run_main
 from runtime.io import atomic_write, ensure_writable_dir
@@ -63,8 +64,10 @@ def predict_split(run: InferenceRun) -> dict:
                   "energy": energy.double() * std + mean, "forces": forces.double() * std,
                   "energy_target": batch.energy.double(), "forces_target": batch.forces.double()}
         for key, value in values.items():
-            parts[key].append(value.detach().cpu().numpy())
-    return {k: np.concatenate(v) if v else np.zeros((0, 3) if "forces" in k else 0) for k, v in parts.items()}
+            parts[key].append(value.detach())
+    with expected_sync("predictions to the host"):                   # one copy, after the last batch
+        return {k: torch.cat(v).cpu().numpy() if v else np.zeros((0, 3) if "forces" in k else 0)
+                for k, v in parts.items()}
 
 
 def merge_shards(shards: List[dict]) -> dict:

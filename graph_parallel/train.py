@@ -179,9 +179,10 @@ def resolve_model(args, state: Optional[Dict]):
 
 
 def scale_factor_batches(train_set, collater: Collater, seed: int, batch_size: int, count: int):
-    """The first ``count`` batches of a single process's epoch-0 order, whole graphs (not partitioned)."""
+    """The first ``count`` batches of a single process's epoch-0 order, as whole graphs: each carries the
+    partition of a one-rank group (``batch.part``), so ``batch.to(device)`` moves it with the batch."""
     order = EpochSampler(len(train_set), shuffle=True, seed=seed).indices(0)[:count * batch_size].tolist()
-    whole = Collater(collater.cutoff, collater.max_neighbors, collater.symmetric)
+    whole = Collater(collater.cutoff, collater.max_neighbors, collater.symmetric, 0, 1, collater.triplets)
     return [whole([train_set[i] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
 
 

@@ -15,15 +15,15 @@ import os
 import sys
 from typing import Dict
 
-import numpy as np
 import torch
 
-from moflow.chem import decode_graphs, generation_metrics
+from moflow.chem import generation_metrics
 from moflow.data.dataset import MoleculeCache
 from moflow.generate import load_trained_model, make_reverse, sample_smiles
 from moflow.model import MoFlow
 from runtime.cli import ArgumentParser, add_common_args
 from runtime.cuda_graphs import require_cuda_graphs
+from runtime.devicecheck import expected_sync
 from runtime.distributed import init_distributed
 from runtime.errors import ConfigError, run_main
 from runtime.io import ensure_writable_dir
@@ -45,19 +45,20 @@ def split_metrics(model: MoFlow, cache: MoleculeCache, split: str, n: int, batch
         raise ConfigError(f"the {split} split of {cache.spec.name} is empty")
     model.eval()
     device = model.ln_var.device
-    totals = np.zeros(4)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)       # loss, nll_x, nll_adj, reconstructed
     for start in range(0, n, batch_size):
         items = [data[i] for i in range(start, min(start + batch_size, n))]
-        x = torch.stack([it[0] for it in items]).to(device)
-        adj = torch.stack([it[1] for it in items]).to(device)
+        x = torch.stack([it[0] for it in items]).to(device, non_blocking=True)
+        adj = torch.stack([it[1] for it in items]).to(device, non_blocking=True)
         with precision.autocast():
             nll_x, nll_adj = model.nll(*model(adj, x, dequantize=True), reduce=False)
         z_x, z_adj, _, _ = model(adj, x, dequantize=False)
         z = torch.cat([z_x.reshape(len(x), -1), z_adj.reshape(len(x), -1)], 1)
-        atoms_rec, bonds_rec = decode_graphs(*model.reverse(z))
-        atoms, bonds = decode_graphs(adj, x)
-        same = (atoms_rec == atoms).all(1) & (bonds_rec == bonds).all((1, 2))
-        totals += [float((nll_x + nll_adj).sum()), float(nll_x.sum()), float(nll_adj.sum()), float(np.sum(same))]
+        adj_rec, x_rec = model.reverse(z)
+        same = (x_rec.argmax(-1) == x.argmax(-1)).all(1) & (adj_rec.argmax(1) == adj.argmax(1)).all((1, 2))
+        sums += torch.stack([(nll_x + nll_adj).sum(), nll_x.sum(), nll_adj.sum(), same.sum()]).double()
+    with expected_sync("evaluation result"):
+        totals = sums.tolist()
     return {f"{split}_loss": totals[0] / n, f"{split}_nll_x": totals[1] / n, f"{split}_nll_adj": totals[2] / n,
             f"{split}_reconstruction": 100.0 * totals[3] / n}
 

@@ -18,6 +18,7 @@ from moflow.chem import construct_mol, correct_mol, decode_graphs, valid_smiles
 from moflow.config import MODEL_PRESETS, QM9_ATOMS, ZINC_ATOMS, ModelConfig, make_model_config
 from moflow.model import MoFlow
 from runtime.callbacks import PerformanceMeter
+from runtime.devicecheck import expected_sync
 from runtime.checkpoint import load_checkpoint, read_checkpoint
 from runtime.cli import ArgumentParser, add_bool, add_common_args
 from runtime.compile import maybe_compile
@@ -54,7 +55,8 @@ def sample_graphs(model: MoFlow, n: int, temperature: float, precision: Optional
     reverse = reverse or model.reverse
     with precision.autocast() if precision is not None else contextlib.nullcontext():
         adj, x = reverse(z)
-    return decode_graphs(adj.float(), x.float())
+    with expected_sync("generated graphs to RDKit"):
+        return decode_graphs(adj.float(), x.float())
 
 
 def decode_smiles(atom_codes, bond_codes, atomic_nums) -> Tuple[List[Optional[str]], List[Optional[str]]]:

@@ -28,6 +28,7 @@ from runtime.cli import ArgumentParser, add_bool, add_common_args, add_refused, 
 from runtime.compile import maybe_compile
 from runtime.cuda_graphs import materialize_grads, require_cuda_graphs
 from runtime.data import EpochSampler, ShardSampler, make_loader
+from runtime.devicecheck import expected_sync
 from runtime.distributed import all_reduce_sum, init_distributed, is_main_process, shutdown, wrap_ddp
 from runtime.errors import CheckpointError, ConfigError, run_main
 from runtime.io import ensure_writable_dir
@@ -166,18 +167,20 @@ def validation_nll(model: MoFlow, cache: MoleculeCache, n: int, batch_size: int,
         return {}
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    count = 0                                                   # molecules, known on the host
     shard = ShardSampler(n, get_world_size(), get_rank())
     loader = make_loader(data, batch_size, shard, device=device)
     for x, adj in loader:
         x, adj = x.to(device, non_blocking=True), adj.to(device, non_blocking=True)
         with precision.autocast():
             nll_x, nll_adj = model.nll(*model(adj, x, dequantize=True), reduce=False)
-        sums += torch.stack([(nll_x + nll_adj).sum(), nll_x.sum(), nll_adj.sum(),
-                             torch.tensor(float(len(x)), device=device)]).double()
-    all_reduce_sum(sums)
+        sums += torch.stack([(nll_x + nll_adj).sum(), nll_x.sum(), nll_adj.sum()]).double()
+        count += len(x)
     model.train(was_training)
-    loss, nll_x, nll_adj, count = sums.tolist()
+    with expected_sync("evaluation result"):
+        sums = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
+        loss, nll_x, nll_adj, count = all_reduce_sum(sums).tolist()
     return {"val_loss": loss / count, "val_nll_x": nll_x / count, "val_nll_adj": nll_adj / count}
 
 

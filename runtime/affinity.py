@@ -13,6 +13,11 @@ mode               cores of rank ``r``
 ``single_unique``  one physical core of ``C`` per rank, disjoint
 =================  ====================================================================================
 
+Cores outside the process's allowed set (a Slurm cpuset, a container's cgroup) are never used:
+NVML's cores are intersected with ``os.sched_getaffinity(0)`` first, and where nothing (or too
+little for the mode) remains the process runs unpinned and says so in one line.
+:func:`cores_per_rank` tells the data loader how many cores this rank may use.
+
 Memory: where libnuma is present the process prefers its node's memory (``numa_set_preferred``);
 otherwise Linux's first-touch policy places pages near the pinned cores anyway.
 
@@ -29,6 +34,13 @@ from typing import Dict, List, Optional, Sequence
 
 MODES = ("none", "socket", "socket_unique", "single", "single_unique")
 _SAID: set = set()
+_CORES_PER_RANK: Optional[float] = None
+
+
+def cores_per_rank() -> Optional[float]:
+    """The cores this rank may use after :func:`set_affinity` pinned it (shared cores divided among
+    the ranks sharing them); None when it did not pin."""
+    return _CORES_PER_RANK
 
 
 def _say_once(message: str) -> None:
@@ -141,7 +153,18 @@ def set_affinity(mode: str, local_rank: int, device_type: str) -> Optional[List[
         return None
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", len(physical)))
     peers = [r for r in range(local_world) if r < len(physical) and node_of[physical[r]] == node_of[gpu]]
-    cores = select_cores(mode, list(node_of[gpu]), peers.index(local_rank), len(peers), thread_siblings())
+    allowed = set(os.sched_getaffinity(0))
+    node_cores = [c for c in node_of[gpu] if c in allowed]
+    try:
+        if not node_cores:
+            raise ValueError(f"none of GPU {gpu}'s cores is in this process's allowed CPU set "
+                             f"({len(allowed)} cores; a cpuset or cgroup)")
+        cores = select_cores(mode, node_cores, peers.index(local_rank), len(peers), thread_siblings())
+    except ValueError as err:
+        _say_once(f"--gpu_affinity {mode} ignored: {err}")
+        return None
     os.sched_setaffinity(0, cores)
     _prefer_node_memory(cores)
+    global _CORES_PER_RANK
+    _CORES_PER_RANK = len(cores) / (len(peers) if mode in ("socket", "single") else 1)
     return cores

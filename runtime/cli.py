@@ -231,11 +231,15 @@ def resolve_num_workers(value: Optional[int], device) -> int:
         return value
     import torch
 
+    from runtime.affinity import cores_per_rank
+
     if torch.device(device).type != "cuda":
         return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(0, min(4, per_rank - 1))
+    per_rank = cores_per_rank()                   # --gpu_affinity pinned this rank: its cores are its own
+    if per_rank is None:                          # unpinned: the local ranks share the allowed cores
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        per_rank = cpus / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, int(per_rank) - 1))
 
 
 def optimizer_betas(args) -> tuple:

@@ -96,7 +96,13 @@ def _expand_index(index: Tensor, src: Tensor) -> Tensor:
 
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
-    """Sum rows of ``src`` into ``dim_size`` buckets given by ``index`` (along dim 0)."""
+    """Sum rows of ``src`` into ``dim_size`` buckets given by ``index`` (along dim 0).
+
+    fp16/bf16 rows are summed in float32 and the sums rounded once to the input dtype (autocast
+    leaves ``index_add_`` in the input dtype, where a sum of a few hundred rows loses whole percents).
+    """
+    if src.dtype in (torch.float16, torch.bfloat16):
+        return scatter_sum(src.float(), index, dim_size).to(src.dtype)
     out = src.new_zeros((dim_size, *src.shape[1:]))
     return out.index_add_(0, index, src)
 

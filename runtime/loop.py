@@ -40,7 +40,8 @@ from typing import Any, Callable, ContextManager, Dict, Mapping, Optional
 
 import torch
 
-from runtime.distributed import all_reduce_mean, barrier, get_world_size, is_initialized
+from runtime.devicecheck import expected_sync
+from runtime.distributed import all_reduce_mean, all_reduce_sum, barrier, get_world_size, is_initialized
 from runtime.errors import ConfigError, NonFiniteError
 from runtime.progress import progress
 from runtime.seed import seed_step
@@ -107,6 +108,7 @@ class _Running:
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
         self.count += 1
 
+    @expected_sync("metric sums for a checkpoint")
     def state(self) -> Dict[str, Any]:
         """Host copy of the sums (for a checkpoint)."""
         return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
@@ -116,6 +118,7 @@ class _Running:
             self.sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in state["sums"].items()}
             self.count = int(state["count"])
 
+    @expected_sync("metric means for the log")
     def means(self) -> Dict[str, float]:
         """Means over the batches since the last read, averaged over ranks; resets the sums."""
         if not self.sums:
@@ -151,10 +154,11 @@ class TrainLoop:
         bad = (~torch.isfinite(loss.detach())).sum()
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
 
+    @expected_sync("non-finite check")
     def _check_finite(self, position: Position) -> None:
         """One host sync: raise if any loss since the last check was NaN or infinite."""
         if self._nonfinite is not None:
-            count = int(all_reduce_mean(self._nonfinite.float().clone()).item() * get_world_size())
+            count = int(all_reduce_sum(self._nonfinite.clone()).item())       # an exact integer sum
             self._nonfinite = None
             if count:
                 raise NonFiniteError(
@@ -172,6 +176,7 @@ class TrainLoop:
             late = all_reduce_mean(late) * get_world_size()
         return bool(late.item() > 0)
 
+    @expected_sync("checkpoint")
     def _save(self, position: Position, interval: "_Running", epoch: "_Running", interval_items: int) -> None:
         self._check_finite(position)
         if self.save is not None:
@@ -244,7 +249,8 @@ class TrainLoop:
                     self._check_finite(pos)
                     now = time.time()
                     data = {f"train_{k}": v for k, v in interval.means().items()}
-                    data.update({k: float(v) for k, v in step_out.items()})
+                    with expected_sync("step metrics for the log"):
+                        data.update({k: float(v) for k, v in step_out.items()})
                     data["lr"] = self.lr()
                     data["train_throughput"] = interval_items / max(now - last_log_time, 1e-9)
                     self.logger.log((pos.epoch, pos.step), data)

@@ -32,6 +32,7 @@ from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import check_meta, load_checkpoint, read_checkpoint
 from runtime.cli import ArgumentParser, add_common_args, positive_int, resolve_num_workers, str2bool
 from runtime.data import ShardSampler, make_loader
+from runtime.devicecheck import expected_sync
 from runtime.distributed import all_reduce_sum, barrier, get_world_size, init_distributed, is_initialized, \
     is_main_process
 from runtime.errors import CheckpointError, ConfigError
@@ -236,9 +237,9 @@ def evaluate_split(model, loader, scaler: TargetScaler, precision, device) -> Di
     for batch, pred in predict_batches(model, loader, scaler, precision, device):
         errors += (pred.double() - batch.graph.y.double()).abs().sum()
         count += batch.num_graphs
-    sums = torch.stack([errors, errors / scaler.std, torch.tensor(float(count), dtype=torch.float64, device=device)])
-    all_reduce_sum(sums)
-    mae, loss, count = sums.tolist()
+    with expected_sync("evaluation result"):
+        sums = torch.stack([errors, errors / scaler.std, torch.tensor(float(count), dtype=torch.float64, device=device)])
+        mae, loss, count = all_reduce_sum(sums).tolist()
     count = max(count, 1.0)
     return {"mae": mae / count, "loss": loss / count, "count": int(round(count))}
 

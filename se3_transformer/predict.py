@@ -16,6 +16,7 @@ from typing import List, Optional
 import torch
 
 from runtime.compile import maybe_compile
+from runtime.devicecheck import expected_sync
 from runtime.distributed import is_main_process, shutdown
 from runtime.errors import run_main
 from runtime.io import atomic_write, ensure_writable_dir
@@ -48,9 +49,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
             result = benchmark_inference(model, run.loader, run.precision, run.device, args.benchmark_warmup,
                                          args.benchmark_steps, logger)
         else:
-            preds = [pred.detach().cpu() for _, pred in
+            preds = [pred.detach() for _, pred in
                      predict_batches(model, run.loader, run.scaler, run.precision, run.device)]
-            local = torch.cat(preds) if preds else torch.zeros(0)
+            with expected_sync("predictions to the host"):          # one copy, after the last batch
+                local = torch.cat(preds).cpu() if preds else torch.zeros(0)
             values = gather_shards(local, len(run.dataset)).numpy()
             if is_main_process():
                 write_csv(output, run, values)

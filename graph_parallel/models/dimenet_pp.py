@@ -185,8 +185,9 @@ class DimeNetPP(nn.Module):
         sbf_down = (sbf @ w1.t()).split(self.cfg.basis_emb_size, dim=1)
         tgt_local = tgt - part.atom_start
         m = self.embedding(batch.atomic_numbers, rbf, src, tgt)
-        atom_energy = self.outputs[0](m, rbf, tgt_local, part.num_local_atoms)
+        # energies accumulate in float32 under autocast (blocks, atoms, then the gp all-reduce)
+        atom_energy = self.outputs[0](m, rbf, tgt_local, part.num_local_atoms).float()
         for interaction, output, s in zip(self.interactions, self.outputs[1:], sbf_down):
             m = interaction(m, rbf, s, part, group)
-            atom_energy = atom_energy + output(m, rbf, tgt_local, part.num_local_atoms)
+            atom_energy = atom_energy + output(m, rbf, tgt_local, part.num_local_atoms).float()
         return scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures), None

@@ -40,7 +40,7 @@ from runtime.graph import scatter_sum
 from runtime.io import atomic_write
 
 from ..data.batch import S2EFBatch
-from ..parallel import GraphPartition, gather, partition_graph
+from ..parallel import GraphPartition, gather
 from .basis import GaussianBasis, real_sph_harm_m0
 from .common import he_orthogonal_
 
@@ -369,32 +369,39 @@ class GemNetT(nn.Module):
         h = self.atom_emb(batch.atomic_numbers - 1)                        # all atoms (replicated)
         m = self.edge_emb(h, rbf, src, tgt)
         h_local = h[part.atoms]
+        # energies and direct forces accumulate in float32 under autocast (blocks, atoms, the gp all-reduce)
         atom_energy, edge_force = self.outputs[0](m, rbf_out, tgt_local, part.num_local_atoms)
+        atom_energy, edge_force = atom_energy.float(), edge_force.float() if edge_force is not None else None
         for block, output in zip(self.interactions, self.outputs[1:]):
             h_local, m = block(h_local, m, rbf3, rbf_w, sph, rbf_h, src, tgt, part, kmax, group)
             e, f = output(m, rbf_out, tgt_local, part.num_local_atoms)
-            atom_energy = atom_energy + e
-            edge_force = edge_force + f if f is not None else None
+            atom_energy = atom_energy + e.float()
+            edge_force = edge_force + f.float() if f is not None else None
         energy = scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures)
         if not self.direct_forces:
             return energy, None
-        forces = scatter_sum(edge_force.unsqueeze(-1) * unit, tgt_local, part.num_local_atoms)
+        forces = scatter_sum(edge_force.unsqueeze(-1) * unit.float(), tgt_local, part.num_local_atoms)
         return energy, forces
 
 
 def fit_scale_factors(model: GemNetT, batches: Iterable[S2EFBatch]) -> list:
     """Fit every ScaleFactor in order (earlier ones fixed) on whole graphs; returns the scales.
 
-    Runs without communication on the full graph, so every rank computes the same factors.
+    Each batch carries its one-rank partition (``batch.part``, on the batch's device, as collated by
+    ``Collater(..., gp_rank=0, gp_size=1, triplets=model.triplet_kind)``). Runs without communication
+    on the full graph, so every rank would compute the same factors.
     """
     batches = list(batches)
-    parts = [partition_graph(b.edge_index, b.cell_offsets, b.num_atoms, 0, 1, model.triplet_kind) for b in batches]
+    for b in batches:
+        if b.part is None or b.part.size != 1:
+            raise ValueError("fit_scale_factors needs whole-graph batches carrying a one-rank partition "
+                             "(Collater with gp_size=1 and triplets=model.triplet_kind)")
     scales = []
     with torch.no_grad():
         for factor in [m for m in model.modules() if isinstance(m, ScaleFactor)]:
             factor.start_fit()
-            for b, p in zip(batches, parts):
-                model(b.pos, b, p, None)
+            for b in batches:
+                model(b.pos, b, b.part, None)
             scales.append(factor.finish_fit())
     return scales
 

@@ -124,6 +124,30 @@ def test_nonfinite_loss_stops_before_any_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.parametrize("world", [25, 29, 31, 41, 47, 49])
+def test_one_nonfinite_batch_among_many_ranks_is_counted(tmp_path, monkeypatch, world):
+    """This rank saw one NaN batch, the other ``world - 1`` ranks none: the all-reduced count must be 1
+    (a float mean times the world size rounded it down to 0 at these sizes)."""
+    import runtime.loop as loop
+
+    monkeypatch.setattr(loop, "get_world_size", lambda group=None: world)
+    monkeypatch.setattr(loop, "all_reduce_mean", lambda t, group=None: t.div_(world) if t.is_floating_point()
+                        else t // world)                 # the other ranks add zeros
+    monkeypatch.setattr(loop, "all_reduce_sum", lambda t, group=None: t, raising=False)
+    recipe = _Recipe(str(tmp_path))
+    calls, plain = [], recipe.forward_backward
+
+    def forward_backward(batch, scale):              # the third batch's loss (only) is NaN
+        out = plain(batch, scale)
+        calls.append(1)
+        return {"loss": out["loss"] * float("nan")} if len(calls) == 3 else out
+
+    recipe.forward_backward = forward_backward
+    logger = setup_logger(None, silent=True, stdout=False)
+    with pytest.raises(NonFiniteError, match="NaN or infinite in 1 batch"):
+        recipe.loop(logger, epochs=1, log_interval=5).run()
+
+
 def test_time_limit_stops_and_saves(tmp_path):
     recipe = _Recipe(str(tmp_path))
     logger = setup_logger(None, silent=True, stdout=False)
