@@ -64,6 +64,11 @@ def he_orthogonal_(weight: Tensor, fan_in_dims: Sequence[int] = (1,)) -> Tensor:
     return weight
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is fp16/bf16 (autocast), else as it is: float64 models stay float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def edge_kind(model: nn.Module) -> str:
     """The radius graph ``model`` expects (see :data:`graph_parallel.data.radius_graph.EDGE_KINDS`):
     "directed" for DimeNet++; for GemNet its ``symmetric_edges`` option, "union" or "one_sided"."""

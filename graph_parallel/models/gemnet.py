@@ -42,7 +42,7 @@ from runtime.io import atomic_write
 from ..data.batch import S2EFBatch
 from ..parallel import GraphPartition, gather
 from .basis import GaussianBasis, real_sph_harm_m0
-from .common import he_orthogonal_
+from .common import at_least_float32, he_orthogonal_
 
 INV_SQRT2 = 1 / math.sqrt(2.0)
 
@@ -371,16 +371,17 @@ class GemNetT(nn.Module):
         h_local = h[part.atoms]
         # energies and direct forces accumulate in float32 under autocast (blocks, atoms, the gp all-reduce)
         atom_energy, edge_force = self.outputs[0](m, rbf_out, tgt_local, part.num_local_atoms)
-        atom_energy, edge_force = atom_energy.float(), edge_force.float() if edge_force is not None else None
+        atom_energy = at_least_float32(atom_energy)
+        edge_force = at_least_float32(edge_force) if edge_force is not None else None
         for block, output in zip(self.interactions, self.outputs[1:]):
             h_local, m = block(h_local, m, rbf3, rbf_w, sph, rbf_h, src, tgt, part, kmax, group)
             e, f = output(m, rbf_out, tgt_local, part.num_local_atoms)
-            atom_energy = atom_energy + e.float()
-            edge_force = edge_force + f.float() if f is not None else None
+            atom_energy = atom_energy + at_least_float32(e)
+            edge_force = edge_force + at_least_float32(f) if f is not None else None
         energy = scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures)
         if not self.direct_forces:
             return energy, None
-        forces = scatter_sum(edge_force.unsqueeze(-1) * unit.float(), tgt_local, part.num_local_atoms)
+        forces = scatter_sum(edge_force.unsqueeze(-1) * at_least_float32(unit), tgt_local, part.num_local_atoms)
         return energy, forces
 
 
