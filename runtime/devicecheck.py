@@ -84,6 +84,8 @@ class HostSync:
 
 def _caller() -> str:
     for frame in reversed(traceback.extract_stack()[:-3]):
+        if frame.filename.startswith("<"):                  # <frozen runpy>, <string>: no file of ours
+            continue
         path = os.path.abspath(frame.filename)
         if path.startswith(_ROOT) and not path.endswith(("devicecheck.py",)) and "/tests/" not in path:
             return f"{os.path.relpath(path, _ROOT)}:{frame.lineno}"

@@ -227,9 +227,15 @@ class ProcessGrid:
 
 
 def shutdown() -> None:
-    """Leave the process group (safe to call in single-process runs)."""
+    """Leave the process group (safe to call in single-process runs).
+
+    The closing barrier runs only on success. Called from ``finally`` while an exception propagates
+    (this rank failed alone), it leaves at once: a barrier would wait for peers that are blocked in
+    another collective, turning a one-line error into a hang until ``--dist_timeout``.
+    """
     global _ENV
     if is_initialized():
-        dist.barrier()
+        if sys.exc_info()[1] is None:
+            dist.barrier()
         dist.destroy_process_group()
     _ENV = None

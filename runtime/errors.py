@@ -99,6 +99,7 @@ def run_main(main: Callable[[Optional[List[str]]], object], argv: Optional[List[
     except UserError as err:
         sys.stdout.flush()
         print(report(err), file=sys.stderr, flush=True)
+        _exit_without_teardown(err.exit_code)       # a rank that failed alone: peers may still be waiting
         return err.exit_code
     except RuntimeError as err:
         if not is_peer_failure(err):

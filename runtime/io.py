@@ -4,7 +4,10 @@ Fault injection for tests: with ``MOLRECIPES_KILL_AT=<point>`` in the environmen
 SIGKILLs itself when it reaches :func:`fault_point` ``<point>``. Points: ``write:opened`` (temp file
 created, nothing written), ``write:partial`` (after the first 4 KiB of data), ``write:before_fsync``,
 ``write:before_rename``, ``write:renamed`` (before stale temp files are cleaned) and
-``checkpoint:saved`` (before the numbered keep-last copy). Nothing happens without the variable.
+``checkpoint:saved`` (before the numbered keep-last copy). With ``MOLRECIPES_RAISE_AT=<point>:<rank>``
+that rank raises a :class:`~runtime.errors.ConfigError` there instead (a rank-local error while its
+peers go on: ``logger``, reached by every entry point after the process group is up). Nothing happens
+without the variables.
 """
 from __future__ import annotations
 
@@ -24,12 +27,16 @@ from runtime.errors import ConfigError
 
 PathLike = Union[str, "os.PathLike[str]"]
 KILL_ENV = "MOLRECIPES_KILL_AT"
+RAISE_ENV = "MOLRECIPES_RAISE_AT"
 
 
 def fault_point(name: str) -> None:
-    """Test hook: SIGKILL this process here when ``MOLRECIPES_KILL_AT`` names this point."""
+    """Test hook: SIGKILL this process here when ``MOLRECIPES_KILL_AT`` names this point, or raise a
+    ConfigError when ``MOLRECIPES_RAISE_AT`` names this point and this process's rank."""
     if os.environ.get(KILL_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(RAISE_ENV) == f"{name}:{os.environ.get('RANK', '0')}":
+        raise ConfigError(f"injected failure at {name} ({RAISE_ENV})")
 
 
 class _KillAfterBytes:

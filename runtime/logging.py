@@ -27,6 +27,7 @@ import time
 from typing import Any, Dict, Optional, Sequence, Union
 
 from runtime import vocabulary
+from runtime.io import fault_point
 from runtime.distributed import is_main_process
 
 Step = Union[int, Sequence[int], str]
@@ -196,6 +197,7 @@ def setup_logger(log_dir: Optional[str] = None, json_name: str = "log.json", wan
 
     ``append=False`` (a new run) moves an existing log aside; ``append=True`` (a resumed run) appends.
     """
+    fault_point("logger")
     if not is_main_process():
         return Logger(None, stdout=False, active=False, recipe=recipe)
     json_name = json_name or "log.json"

@@ -102,13 +102,15 @@ def run_phase(args) -> dict:
     wall, cpu, before = harness.timed(lambda i: step(), args.warmup, args.steps)
     peak = harness.peak_rss_mb()
     p, med = args.phase, harness.median(wall)
+    flops = harness.measure_flops(p, lambda i: step(), [0],  # the same batch every step
+                                  harness.cpu_seconds_per_thread(harness.median(cpu)))
     import graph_parallel
     return {"source": os.path.dirname(os.path.abspath(graph_parallel.__file__)),
             f"{p}_throughput": args.batch_size / med, f"{p}_latency_ms": med * 1e3,
             f"{p}_latency_p90": harness.percentile(wall, 0.9) * 1e3, f"{p}_cpu_ms": harness.median(cpu) * 1e3,
             f"{p}_peak_memory_mb": peak, f"{p}_memory_growth_mb": peak - before,
             "partition_ms": part_s * 1e3, "edges": int(batch.edge_index.shape[1]),
-            "triplets": int(len(part.id_kj) if part.id_kj is not None else len(part.id3_ca_local))}
+            "triplets": int(len(part.id_kj) if part.id_kj is not None else len(part.id3_ca_local)), **flops}
 
 
 def profile_phase(args) -> None:

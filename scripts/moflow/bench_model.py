@@ -118,25 +118,35 @@ def reverse_fn(args, model):
     return step
 
 
+def phase_step(args):
+    """(step function taking a step number, molecules per step) for ``args.phase``."""
+    model, x, adj = build(args)
+    if args.phase == "train":
+        train_step = train_step_fn(args, model)
+
+        def step(i):
+            return train_step(x, adj)
+        return step, args.batch_size
+    reverse = reverse_fn(args, model)
+
+    def step(i):
+        return reverse()
+    return step, args.reverse_batch_size
+
+
 def run_phase(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
-    model, x, adj = build(args)
-    if args.phase == "train":
-        step = train_step_fn(args, model)
-        wall, cpu, before = harness.timed(lambda i: step(x, adj), args.warmup, args.steps)
-        batch = args.batch_size
-    else:
-        step = reverse_fn(args, model)
-        wall, cpu, before = harness.timed(lambda i: step(), args.warmup, args.steps)
-        batch = args.reverse_batch_size
+    step, batch = phase_step(args)
+    wall, cpu, before = harness.timed(step, args.warmup, args.steps)
     peak = harness.peak_rss_mb()
     p, seconds, cpu = args.phase, harness.median(wall), harness.median(cpu)
+    flops = harness.measure_flops(p, step, [0], harness.cpu_seconds_per_thread(cpu))  # the same batch every step
     import moflow
     return {"source": os.path.dirname(os.path.abspath(moflow.__file__)),
             f"{p}_throughput": batch / seconds, f"{p}_latency_ms": seconds * 1e3,
             f"{p}_cpu_ms": cpu * 1e3,
-            f"{p}_peak_memory_mb": peak, f"{p}_memory_growth_mb": peak - before}
+            f"{p}_peak_memory_mb": peak, f"{p}_memory_growth_mb": peak - before, **flops}
 
 
 def profile_phase(args) -> None:
@@ -153,17 +163,7 @@ def profile_phase(args) -> None:
                     if name in vars(obj):
                         harness.label(obj, name, f"{obj.__name__}.{name}")
     torch.set_num_threads(args.threads)
-    model, x, adj = build(args)
-    if args.phase == "train":
-        train_step = train_step_fn(args, model)
-
-        def step(i):
-            return train_step(x, adj)
-    else:
-        reverse = reverse_fn(args, model)
-
-        def step(i):
-            return reverse()
+    step, _ = phase_step(args)
     prof, wall = harness.profile_steps(step, args.warmup, args.steps)
     print(f"### {args.preset} {args.phase}: {wall * 1e3:.1f} ms per step under the profiler "
           f"({args.steps} steps, {args.threads} thread(s))")

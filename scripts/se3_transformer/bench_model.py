@@ -118,11 +118,13 @@ def run_phase(args) -> dict:
     wall, cpu, before = harness.timed(step, args.warmup, args.steps)
     peak = harness.peak_rss_mb()
     p, seconds, cpu = args.phase, harness.median(wall), harness.median(cpu)
+    flops = harness.measure_flops(p, step, range(args.warmup, args.warmup + args.steps),
+                                  harness.cpu_seconds_per_thread(cpu))
     import se3_transformer
     return {"source": os.path.dirname(os.path.abspath(se3_transformer.__file__)),
             f"{p}_throughput": batch / seconds, f"{p}_latency_ms": seconds * 1e3,
             f"{p}_cpu_ms": cpu * 1e3,
-            f"{p}_peak_memory_mb": peak, f"{p}_memory_growth_mb": peak - before}
+            f"{p}_peak_memory_mb": peak, f"{p}_memory_growth_mb": peak - before, **flops}
 
 
 def profile_phase(args) -> None:

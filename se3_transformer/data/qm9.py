@@ -34,6 +34,7 @@ from se3_transformer.data.dgl_format import QM9_TARGETS, QM9Arrays, download_qm9
     write_qm9_edge
 from se3_transformer.data.qm9pack_source import NUM_MOLECULES, read_qm9pack
 from se3_transformer.model.basis import compute_basis
+from se3_transformer.model.pairing import pair_reverse_edges
 
 SAMPLE_PATH = Path(__file__).with_name("qm9_sample.npz")
 DATASETS = ("sample", "qm9pack", "dgl")
@@ -207,7 +208,8 @@ class QM9GraphDataset(Dataset):
         return atoms, edges
 
     def collate(self, mols) -> MoleculeBatch:
-        """One disjoint graph for molecules ``mols`` (+ their precomputed bases, if any)."""
+        """One disjoint graph for molecules ``mols`` (+ their precomputed bases, if any), its edges
+        ordered for reverse-edge sharing (a ``PairedGraphBatch``) whenever every bond has its twin."""
         a = self.arrays
         mols = np.asarray(mols, np.int64)
         atoms, edges = self._atoms_edges(mols)
@@ -221,8 +223,9 @@ class QM9GraphDataset(Dataset):
                            node_feats=torch.from_numpy(a.node_attr[atoms, :NODE_FEATURE_DIM]),
                            edge_feats=torch.from_numpy(a.edge_attr[edges]),
                            y=torch.from_numpy(self.targets[mols]))
+        graph, perm = pair_reverse_edges(graph)
         basis = None
         if self.bases is not None:
-            idx = torch.from_numpy(edges)
+            idx = torch.from_numpy(edges) if perm is None else torch.from_numpy(edges)[perm]
             basis = {k: v.index_select(0, idx) for k, v in self.bases.items()}
         return MoleculeBatch(graph, basis)

@@ -1,11 +1,11 @@
 """SE(3)-Transformer: stacked equivariant attention blocks, a final TFN convolution, pooling, MLP.
 
 Reverse-edge sharing: molecular graphs hold every bond in both directions with the same bond
-features and length, so both directions have the same radial kernels. When the batch is on the
-CPU (where checking it costs no device synchronisation) and every edge has such a twin,
-``reverse_edge_order`` reorders the edges as ``[A, reverse(A)]`` and the convolutions build each
-kernel once for both directions (``paired_edges``). Edge order does not change the function (the
-attention softmax and the sums run per destination node), only the summation order of floats.
+features and length, so both directions have the same radial kernels. A
+:class:`~se3_transformer.model.pairing.PairedGraphBatch` (built by ``collate`` on the host) orders
+its edges ``[A, reverse(A)]``, and the convolutions build each kernel once for both directions
+(``paired_edges``), on any device and with no host read. Edge order does not change the function
+(the attention softmax and the sums run per destination node), only the summation order of floats.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from runtime.graph import GraphBatch
 from se3_transformer.model.basis import Basis, fuse_basis, get_basis, pair_basis
 from se3_transformer.model.fiber import Fiber
 from se3_transformer.model.layers import AttentionBlockSE3, ConvSE3, FuseLevel, GraphPooling, NormSE3
+from se3_transformer.model.pairing import PairedGraphBatch
 
 
 def edge_scalars(batch: GraphBatch, rel_pos: Tensor) -> Tensor:
@@ -28,36 +29,13 @@ def edge_scalars(batch: GraphBatch, rel_pos: Tensor) -> Tensor:
     return torch.cat([batch.edge_feats.to(length.dtype), length], dim=-1)
 
 
-@torch.compiler.disable  # data-dependent host reads: run eagerly, outside any compiled graph
-def reverse_edge_order(edge_index: Tensor, scalars: Tensor) -> Optional[Tensor]:
-    """A permutation ``perm`` with ``edge_index[:, perm] = [A, reverse(A)]`` and equal ``scalars`` for
-    both halves, or ``None`` when some edge has no reverse twin with the same scalars. Reads tensor
-    values on the host: call it on CPU tensors only."""
-    src, dst = edge_index[0], edge_index[1]
-    num_edges = src.numel()
-    if num_edges == 0 or num_edges % 2:
-        return None
-    base = int(edge_index.max()) + 1
-    key, reverse_key = src * base + dst, dst * base + src
-    sorted_key, order = torch.sort(key)
-    twin = order[torch.searchsorted(sorted_key, reverse_key).clamp_(max=num_edges - 1)]
-    first = torch.nonzero(src < dst).squeeze(1)
-    if 2 * first.numel() != num_edges or not torch.equal(key[twin], reverse_key) \
-            or not torch.equal(twin[twin], torch.arange(num_edges, device=twin.device)):
-        return None  # self-loops, a missing reverse or a repeated edge
-    perm = torch.cat([first, twin[first]])
-    if not torch.equal(scalars[first], scalars[perm[first.numel():]]):
-        return None
-    return perm
-
-
 class SE3Transformer(nn.Module):
     """Graph -> node features of ``fiber_out`` (or, with ``pooling``, pooled degree-0 features ``[B, C]``).
 
     ``fuse_level`` is an upper bound: each convolution uses the most fused kernel its fibers allow.
     ``low_memory`` uses unfused kernels recomputed in the backward pass. ``use_pad_trick`` pads the
     bases' odd output axis to an even size (meant for tensor cores; numerically identical).
-    ``share_reverse_edges`` builds one kernel per pair of reverse edges (CPU batches; see the module doc).
+    ``share_reverse_edges`` builds one kernel per pair of reverse edges of a ``PairedGraphBatch`` (module doc).
     """
 
     def __init__(self, fiber_in: Fiber, fiber_hidden: Fiber, fiber_out: Fiber, edge_dim: int, num_layers: int = 7,
@@ -111,19 +89,11 @@ class SE3Transformer(nn.Module):
         rel_pos = batch.rel_pos()
         scalars = edge_scalars(batch, rel_pos)
         edge_index = batch.edge_index
-        perm = reverse_edge_order(edge_index, scalars) if self.share_reverse_edges and \
-            edge_index.device.type == "cpu" else None
-        if perm is not None:
-            edge_index, scalars = edge_index[:, perm], scalars[perm]
-            if basis is not None:
-                basis = {k: v.index_select(0, perm) for k, v in basis.items() if isinstance(k, tuple)}
-            else:
-                rel_pos = rel_pos[perm]
         if basis is None:
             basis = get_basis(rel_pos, self.max_degree, self.use_pad_trick, **self._fusion())
         else:
             basis = fuse_basis(basis, **self._fusion())
-        paired = perm is not None
+        paired = self.share_reverse_edges and isinstance(batch, PairedGraphBatch)
         if paired and self.fuse_level == FuseLevel.NONE and not (self.low_memory or self.use_pad_trick):
             basis = pair_basis(basis)
         feats = {0: batch.node_feats.unsqueeze(-1)}

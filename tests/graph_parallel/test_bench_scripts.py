@@ -55,6 +55,7 @@ def test_bench_model_smoke():
                    "--max_neighbors", "8", "--warmup", "0", "--steps", "1")
     for phase in ("train", "inference"):
         assert figures[f"{phase}_throughput"] > 0 and figures[f"{phase}_peak_memory_mb"] > 0
+        assert figures[f"{phase}_gflop_per_step"] > 0 and figures[f"{phase}_peak_fraction"] > 0
     assert figures["source"].startswith(str(ROOT))
 
 

@@ -12,6 +12,7 @@ from se3_transformer.data import (QM9GraphDataset, download_qm9_edge, load_qm9, 
 from se3_transformer.data.qm9 import SAMPLE_PATH, relative_positions
 from se3_transformer.data.qm9pack_source import HARTREE_TO_EV, _bonds_from_smiles, molecule_graph, read_qm9pack
 from se3_transformer.model.basis import compute_basis
+from se3_transformer.model.pairing import PairedGraphBatch
 
 
 def embedded(smiles: str):
@@ -125,6 +126,10 @@ def test_collate_offsets_targets_and_precomputed_bases():
     assert collated.num_graphs == 3
     moved = collated.to("cpu", non_blocking=True)
     assert torch.equal(moved.graph.pos, batch.pos) and moved.basis.keys() == basis.keys()
+    assert isinstance(batch, PairedGraphBatch) and isinstance(moved.graph, PairedGraphBatch)
+    half = batch.num_edges // 2  # edges [A, reverse(A)]: what reverse-edge sharing needs, found on the host
+    assert torch.equal(batch.edge_index[:, :half], batch.edge_index[:, half:].flip(0))
+    assert torch.equal(batch.edge_feats[:half], batch.edge_feats[half:])
     assert batch.num_graphs == 3 and batch.node_feats.shape[1] == 6 and batch.edge_feats.shape[1] == 4
     assert torch.equal(batch.y, torch.from_numpy(arrays.targets[mols, 2]))
     # every edge stays inside its molecule and joins bonded atoms at chemical distances
@@ -160,4 +165,5 @@ def test_loader_pins_batches_and_copies_them_without_blocking_on_cuda():
     batch = next(iter(loader))
     assert batch.graph.pos.is_pinned() and batch.graph.edge_index.is_pinned()
     moved = batch.to("cuda", non_blocking=True)
+    assert isinstance(moved.graph, PairedGraphBatch)  # reverse-edge sharing on CUDA too
     assert moved.graph.pos.is_cuda and torch.equal(moved.graph.y.cpu(), batch.graph.y)

@@ -13,7 +13,7 @@ For each level the needed rows of the last layer are gathered with a precomputed
 same parameters give the same function at every level and a checkpoint loads at any level.
 
 Paired edges (``paired_edges=True``): the caller promises that edge ``e + E/2`` is the reverse of
-edge ``e`` with the same invariant inputs (see ``transformer.reverse_edge_order``). The radial MLP
+edge ``e`` with the same invariant inputs (a ``pairing.PairedGraphBatch``). The radial MLP
 then runs on the first half only and each kernel ``[E/2, C_out, C_in * F]`` is built once and
 applied to both directions in one batched matmul: half the kernel work and memory, same function.
 """
