@@ -35,7 +35,7 @@ import torch.distributed as dist
 from graph_parallel.data import EMBEDDED_DATA_DIR, Collater, find_split, open_dataset
 from graph_parallel.data.batch import IndexedDataset, S2EFBatch
 from graph_parallel.losses import SUMS, EnergyBaselines, Normalizer, s2ef_error_sums, s2ef_metrics
-from graph_parallel.models import predict
+from graph_parallel.models import edge_kind, predict
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.cli import add_refused, positive_float, positive_int, refuse_unused
 from runtime.data import ShardSampler, make_loader
@@ -154,7 +154,8 @@ def open_split(root: Path, split: str, required: bool = True):
 
 
 def make_collater(model, cutoff: float, max_neighbors: int, grid: ProcessGrid) -> Collater:
-    return Collater(cutoff, max_neighbors, model.symmetric_graph, grid.gp_rank, grid.gp_size, model.triplet_kind)
+    """Batches with the radius graph ``model`` expects (:func:`graph_parallel.models.edge_kind`), as the calculator."""
+    return Collater(cutoff, max_neighbors, edge_kind(model), grid.gp_rank, grid.gp_size, model.triplet_kind)
 
 
 def eval_loader(dataset, batch_size: int, collater: Collater, grid: ProcessGrid, workers: int, device,
@@ -257,7 +258,26 @@ def build_inference_parser(prog: str, description: str, entry: str) -> argparse.
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split to use")
     add_grid_args(parser)
     add_bool(parser, "--use_ema", default=True, help="use the checkpoint's EMA weights when it has them")
+    add_edges_arg(parser)
     return parser
+
+
+def add_edges_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symmetric_edges", choices=("union", "one_sided"), default=None,
+                        help="GemNet's radius graph: 'one_sided' is fairchem's (each edge j->i with j < i of the "
+                             "max_neighbors-truncated graph, plus its reverse), 'union' this project's (every kept "
+                             "edge plus its reverse); they differ only where an atom reaches max_neighbors "
+                             "(default: the checkpoint's; converted fairchem GemNets say one_sided)")
+
+
+def choose_edges(model, symmetric_edges: Optional[str]) -> None:
+    """``--symmetric_edges``: override the GemNet checkpoint's edge selection (None keeps it)."""
+    if symmetric_edges is None:
+        return
+    if not model.symmetric_graph:
+        raise ConfigError(f"--symmetric_edges {symmetric_edges} applies to GemNet; {type(model).__name__} uses the "
+                          "directed max_neighbors graph, which is also fairchem's: drop the flag")
+    model.cfg.symmetric_edges = symmetric_edges
 
 
 class InferenceRun:
@@ -290,6 +310,7 @@ class InferenceRun:
             ensure_writable_dir(args.log_dir, "--log_dir")
         self.checkpoint = checkpoint_to_load(args)
         self.model, self.info = model_from_checkpoint(self.checkpoint, device, use_ema=args.use_ema)
+        choose_edges(self.model, args.symmetric_edges)
         for p in self.model.parameters():           # only -dE/dpos is needed
             p.requires_grad_(False)
         extra = self.info["extra"]

@@ -4,7 +4,10 @@
     torchrun --nproc_per_node 2 -m graph_parallel.evaluate --load_ckpt_path CKPT --gp_size 2
 
 The checkpoint carries its model, config, radius graph, energy normaliser and (from training) the
-baselines; the data is ``--dataset`` or the checkpoint's. Prints and logs ``{split}_energy_mae``,
+baselines; the data is ``--dataset`` or the checkpoint's. The graph is the one the calculator builds
+(:func:`graph_parallel.models.model_graph`): for a GemNet converted from fairchem, fairchem's
+one-sided edge selection, so the metrics are fairchem's; ``--symmetric_edges`` chooses another.
+Prints and logs ``{split}_energy_mae``,
 ``{split}_forces_mae``, ``{split}_forces_cos``, ``{split}_efwt``, ``{split}_loss``, ``{split}_size`` and
 the baselines ``{split}_energy_mae_baseline_mean`` (predicting the training mean energy),
 ``{split}_energy_mae_baseline_linref`` (per-element linear reference energies fitted on the training

@@ -17,6 +17,7 @@ key                  shape       meaning
 ``forces_target``    [sum N, 3]  the data's forces (eV/A)
 ===================  ==========  ===========================================================
 
+The radius graph is the calculator's (``--symmetric_edges``: see graph_parallel.evaluate).
 Under torchrun the data-parallel groups predict their shards (``--gp_size`` ranks split each
 graph), the shards are gathered and rank 0 writes the file atomically: the same file for any
 number of processes. ``--benchmark`` measures inference throughput and latency instead (no file).

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(rank 0 fits, then broadcasts; 0: keep 1.0)")
     g.add_argument("--scale_file", default=None,
                    help="GemNet: load the scaling factors from a fairchem JSON scale file instead of fitting them")
+    g.add_argument("--fairchem_config", default=None, metavar="YAML",
+                   help="take model, optimizer and dataset settings from a fairchem training config (flags given on "
+                        "the command line win; fields with no meaning here are refused by name; see the README)")
     loss = parser.add_argument_group("loss and schedule")
     loss.add_argument("--energy_coef", type=float, default=1.0, help="weight of the energy MAE loss")
     loss.add_argument("--force_coef", type=float, default=50.0, help="weight of the force L2MAE loss (0: energy only)")
@@ -135,6 +138,11 @@ def resolve_model(args, state: Optional[Dict]):
         if args.max_neighbors is None:
             args.max_neighbors = int(extra.get("max_neighbors") or DEFAULT_MAX_NEIGHBORS)
         if args.finetune:                  # the architecture is the checkpoint's (converted ones too)
+            differ = [f"{k}: checkpoint has {config.get(k)!r}, --fairchem_config has {v!r}"
+                      for k, v in (getattr(args, "model_config", None) or {}).items() if config.get(k) != v]
+            if differ:
+                raise ConfigError(f"--fairchem_config disagrees with checkpoint {path}: " + "; ".join(differ)
+                                  + " (--finetune keeps the checkpoint's architecture)")
             if args.preset is not None:
                 try:
                     wanted = build_model(name, args.preset, cutoff=args.cutoff).config_dict()
@@ -154,7 +162,7 @@ def resolve_model(args, state: Optional[Dict]):
     args.cutoff = DEFAULT_CUTOFF if args.cutoff is None else args.cutoff
     args.max_neighbors = DEFAULT_MAX_NEIGHBORS if args.max_neighbors is None else args.max_neighbors
     try:
-        model = build_model(args.model, args.preset, cutoff=args.cutoff)
+        model = build_model(args.model, args.preset, cutoff=args.cutoff, **(getattr(args, "model_config", None) or {}))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if state is not None:                  # resume: the same architecture
@@ -202,8 +210,21 @@ def set_scale_factors(model, args, train_set, collater: Collater, device) -> Opt
 
 
 # ---- main --------------------------------------------------------------------------------------------
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The flags; with ``--fairchem_config`` the file's values become defaults, so command-line flags win."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fairchem_config:
+        from .engine import EMBEDDED
+        from .fairchem_config import fairchem_defaults
+
+        parser.set_defaults(**fairchem_defaults(args.fairchem_config, dataset_given=args.dataset != EMBEDDED))
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     check_flags(args)
     env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
                            device=args.device)

@@ -16,13 +16,13 @@ copy               ``batch.to(device, non_blocking=True)``: every tensor, the pa
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 from torch import Tensor
 
 from ..parallel.partition import INDEX_TENSORS, GraphPartition, partition_graph
-from .radius_graph import radius_graph_pbc
+from .radius_graph import structure_graph
 
 PARTITION_TENSORS = INDEX_TENSORS
 
@@ -80,15 +80,25 @@ class S2EFBatch:
         return replace(self, **pinned, part=_map_partition(self.part, Tensor.pin_memory))
 
 
+def edge_kind_of(symmetric: Union[bool, str]) -> str:
+    """``symmetric`` as an edge kind: False "directed", True "union", or a kind by name."""
+    if isinstance(symmetric, bool):
+        return "union" if symmetric else "directed"
+    return symmetric
+
+
 def collate_frames(frames: List[Dict[str, Tensor]], cutoff: float = 6.0, max_neighbors: int = 50,
-                   symmetric: bool = False) -> S2EFBatch:
-    """Concatenate frames and build each one's periodic radius graph (atom indices offset)."""
+                   symmetric: Union[bool, str] = False) -> S2EFBatch:
+    """Concatenate frames and build each one's periodic radius graph (atom indices offset).
+
+    ``symmetric``: False (directed), True (union) or an edge kind by name, e.g. "one_sided"
+    (:func:`graph_parallel.data.radius_graph.structure_graph`)."""
     if not frames:
         raise ValueError("collate_frames needs at least one frame")
+    kind = edge_kind_of(symmetric)
     edges, offsets, start = [], [], 0
     for frame in frames:
-        edge_index, cell_offsets = radius_graph_pbc(frame["pos"], frame["cell"], cutoff, max_neighbors,
-                                                     symmetric=symmetric)
+        edge_index, cell_offsets = structure_graph(frame["pos"], frame["cell"], cutoff, max_neighbors, kind)
         edges.append(edge_index + start)
         offsets.append(cell_offsets)
         start += frame["pos"].shape[0]
@@ -126,11 +136,12 @@ class IndexedDataset(torch.utils.data.Dataset):
 class Collater:
     """Picklable collate_fn for DataLoader workers: radius graphs, and the graph-parallel partition.
 
+    ``symmetric`` is the edge kind (:func:`collate_frames`; ``graph_parallel.models.edge_kind(model)``).
     With ``triplets`` (``model.triplet_kind``) the batch also carries ``part``, the share of
     graph-parallel rank ``gp_rank`` of ``gp_size``; without it, ``part`` is None.
     """
 
-    def __init__(self, cutoff: float = 6.0, max_neighbors: int = 50, symmetric: bool = False,
+    def __init__(self, cutoff: float = 6.0, max_neighbors: int = 50, symmetric: Union[bool, str] = False,
                  gp_rank: int = 0, gp_size: int = 1, triplets: Optional[str] = None):
         self.cutoff, self.max_neighbors, self.symmetric = cutoff, max_neighbors, symmetric
         self.gp_rank, self.gp_size, self.triplets = gp_rank, gp_size, triplets

@@ -11,7 +11,8 @@ data page is read, :func:`open_lmdb` checks, in this order:
    ``size >= (env.info()['last_pgno'] + 1) * env.stat()['psize']`` (these numbers come from the
    two meta pages at the start of the file, which step 2 showed are there).
 
-Any failure is a :class:`DataError` naming the file, what is wrong and how to rebuild it.
+Any failure is a :class:`DataError` naming the file, what is wrong and how to rebuild it -- or,
+when py-lmdb refuses a second open of a file another reader in this process holds, saying so.
 Environments are cached per (process, file, mtime): LMDB forbids opening one file twice in a
 process, and DataLoader workers (other pids) open their own.
 """
@@ -31,6 +32,7 @@ from .records import REBUILD_HINT
 LMDB_MAGIC = 0xBEEFC0DE
 _MAGIC_OFFSET = 16            # after the 16-byte page header of meta page 0
 _ENVS: Dict = {}
+ALREADY_OPEN = "already open in this process"      # py-lmdb's lmdb.Error text for a second open
 
 
 def _check_header(file: Path, size: int) -> None:
@@ -45,6 +47,18 @@ def _check_header(file: Path, size: int) -> None:
     if LMDB_MAGIC not in (struct.unpack("<I", magic)[0], struct.unpack(">I", magic)[0]):
         raise DataError(f"{file}: not an LMDB file (no LMDB magic number in its first page; {size} bytes); "
                         "point to an OC20/S2EF .lmdb or fairchem .aselmdb file")
+
+
+def _already_open(file: Path, key: tuple) -> str:
+    """What to say when py-lmdb refuses a second open of ``file`` in this process."""
+    stale = [k for k in _ENVS if k[:2] == key[:2]]
+    if stale:
+        holder = ("this process already reads an earlier version of it (the file changed since it was opened); "
+                  "call graph_parallel.data.close_lmdb_files(path) before reading the new one")
+    else:
+        holder = ("another reader in this process still holds it open (e.g. an lmdb.open or another library's "
+                  "dataset); close that environment first, or read the file in another process")
+    return f"{file}: LMDB allows one open environment per file and process: {holder}. The file itself is fine"
 
 
 def open_lmdb(file) -> lmdb.Environment:
@@ -63,6 +77,8 @@ def open_lmdb(file) -> lmdb.Environment:
         env = lmdb.open(str(file), subdir=False, readonly=True, lock=False, create=False, readahead=False,
                         meminit=False, max_readers=1, max_dbs=0)
     except lmdb.Error as exc:
+        if ALREADY_OPEN in str(exc):
+            raise DataError(_already_open(file, key)) from exc
         raise DataError(f"{file}: cannot open as LMDB ({exc}); the file is damaged or truncated "
                         f"({stat.st_size} bytes); {REBUILD_HINT}") from exc
     psize, last_pgno = env.stat()["psize"], env.info()["last_pgno"]

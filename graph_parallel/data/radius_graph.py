@@ -84,3 +84,55 @@ def radius_graph_pbc(pos: Tensor, cell: Tensor, cutoff: float, max_neighbors: in
         k, src, tgt = codes // (n * n), (codes // n) % n, codes % n
         k, src, tgt = _sort_edges(k, src, tgt, all_dist2[k, src, tgt], len(offsets))
     return torch.stack([src, tgt]), offsets[k]
+
+
+def _sort_by_target(src: Tensor, tgt: Tensor, offsets: Tensor, dist2: Tensor):
+    """Order edges by (target, distance, source, offset), as radius_graph_pbc does."""
+    key = torch.argsort((offsets + 1000) @ torch.tensor([2001 * 2001, 2001, 1]), stable=True)
+    order = key[torch.argsort(src[key], stable=True)]
+    order = order[torch.argsort(dist2[order], stable=True)]
+    order = order[torch.argsort(tgt[order], stable=True)]
+    return order
+
+
+def one_sided_symmetric_edges(edge_index: Tensor, cell_offsets: Tensor, pos: Tensor, cell: Tensor):
+    """fairchem GemNet's symmetric graph from a directed radius graph, sorted by target.
+
+    Keeps the edges j->i with j < i (and, between images of the same atom, those whose cell offset
+    is lexicographically negative), then adds the reverse of each. An edge whose own direction
+    was dropped by the ``max_neighbors`` truncation is thus lost, where ``symmetric=True`` in
+    :func:`radius_graph_pbc` would restore it (the two agree when no atom reaches the limit).
+    """
+    src, tgt = edge_index
+    off = cell_offsets.round().long()
+    earlier = (off[:, 0] < 0) | ((off[:, 0] == 0) & (off[:, 1] < 0)) | ((off[:, 0] == 0) & (off[:, 1] == 0)
+                                                                         & (off[:, 2] < 0))
+    keep = (src < tgt) | ((src == tgt) & earlier)
+    src, tgt, off = src[keep], tgt[keep], off[keep]
+    src, tgt, off = torch.cat([src, tgt]), torch.cat([tgt, src]), torch.cat([off, -off])
+    vec = pos.detach().double()[src] + off.double() @ cell.detach().double().reshape(3, 3) - pos.detach().double()[tgt]
+    order = _sort_by_target(src, tgt, off, (vec * vec).sum(-1))
+    return torch.stack([src[order], tgt[order]]), off[order].to(cell_offsets.dtype)
+
+
+EDGE_KINDS = ("directed", "union", "one_sided")
+
+
+def structure_graph(pos: Tensor, cell: Tensor, cutoff: float, max_neighbors: int, kind: str = "directed",
+                    pbc: Sequence[bool] = (True, True, True)) -> Tuple[Tensor, Tensor]:
+    """The radius graph of one structure, of ``kind``: ``(edge_index, cell_offsets)``, sorted by target.
+
+    ========== ==================================================================================
+    directed   each atom's ``max_neighbors`` nearest sources (DimeNet++, here and in fairchem)
+    union      directed plus the reverse of every kept edge (this project's GemNet default)
+    one_sided  fairchem GemNet's: :func:`one_sided_symmetric_edges` of the directed graph
+    ========== ==================================================================================
+
+    The symmetric kinds agree when no atom reaches ``max_neighbors``.
+    """
+    if kind not in EDGE_KINDS:
+        raise ValueError(f"unknown edge kind {kind!r}; choose from {EDGE_KINDS}")
+    edge_index, cell_offsets = radius_graph_pbc(pos, cell, cutoff, max_neighbors, pbc=pbc, symmetric=kind == "union")
+    if kind == "one_sided":
+        return one_sided_symmetric_edges(edge_index, cell_offsets, pos, cell)
+    return edge_index, cell_offsets

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from .common import count_parameters, he_orthogonal_, model_graph, predict
+from .common import count_parameters, edge_kind, he_orthogonal_, model_graph, predict
 from .dimenet_pp import PRESETS as DIMENETPP_PRESETS, DimeNetPP, DimeNetPPConfig
 from .gemnet import (PRESETS as GEMNET_PRESETS, GemNetConfig, GemNetT, fit_scale_factors, load_scale_file,
                      save_scale_file, scale_factors_by_name)
@@ -39,6 +39,6 @@ def model_from_config(name: str, config: dict) -> nn.Module:
     return MODELS[name][0](cfg_cls(**config))
 
 
-__all__ = ["build_model", "model_from_config", "count_parameters", "predict", "model_graph", "he_orthogonal_",
-           "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig", "fit_scale_factors",
-           "load_scale_file", "save_scale_file", "scale_factors_by_name"]
+__all__ = ["build_model", "model_from_config", "count_parameters", "predict", "model_graph", "edge_kind",
+           "he_orthogonal_", "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig",
+           "fit_scale_factors", "load_scale_file", "save_scale_file", "scale_factors_by_name"]

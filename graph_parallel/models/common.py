@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.batch import S2EFBatch
-from ..data.radius_graph import radius_graph_pbc
+from ..data.radius_graph import structure_graph
 from ..parallel import GraphPartition, all_reduce, gather
 
 
@@ -64,48 +64,24 @@ def he_orthogonal_(weight: Tensor, fan_in_dims: Sequence[int] = (1,)) -> Tensor:
     return weight
 
 
-def _sort_by_target(src: Tensor, tgt: Tensor, offsets: Tensor, dist2: Tensor):
-    """Order edges by (target, distance, source, offset), as radius_graph_pbc does."""
-    key = torch.argsort((offsets + 1000) @ torch.tensor([2001 * 2001, 2001, 1]), stable=True)
-    order = key[torch.argsort(src[key], stable=True)]
-    order = order[torch.argsort(dist2[order], stable=True)]
-    order = order[torch.argsort(tgt[order], stable=True)]
-    return order
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is fp16/bf16 (autocast), else as it is: float64 models stay float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def one_sided_symmetric_edges(edge_index: Tensor, cell_offsets: Tensor, pos: Tensor, cell: Tensor):
-    """fairchem GemNet's symmetric graph from a directed radius graph, sorted by target.
-
-    Keeps the edges j->i with j < i (and, between images of the same atom, those whose cell offset
-    is lexicographically negative), then adds the reverse of each. An edge whose own direction
-    was dropped by the ``max_neighbors`` truncation is thus lost, where ``symmetric=True`` in
-    :func:`radius_graph_pbc` would restore it (the two agree when no atom reaches the limit).
-    """
-    src, tgt = edge_index
-    off = cell_offsets.round().long()
-    earlier = (off[:, 0] < 0) | ((off[:, 0] == 0) & (off[:, 1] < 0)) | ((off[:, 0] == 0) & (off[:, 1] == 0)
-                                                                         & (off[:, 2] < 0))
-    keep = (src < tgt) | ((src == tgt) & earlier)
-    src, tgt, off = src[keep], tgt[keep], off[keep]
-    src, tgt, off = torch.cat([src, tgt]), torch.cat([tgt, src]), torch.cat([off, -off])
-    vec = pos.detach().double()[src] + off.double() @ cell.detach().double().reshape(3, 3) - pos.detach().double()[tgt]
-    order = _sort_by_target(src, tgt, off, (vec * vec).sum(-1))
-    return torch.stack([src[order], tgt[order]]), off[order].to(cell_offsets.dtype)
+def edge_kind(model: nn.Module) -> str:
+    """The radius graph ``model`` expects (see :data:`graph_parallel.data.radius_graph.EDGE_KINDS`):
+    "directed" for DimeNet++; for GemNet its ``symmetric_edges`` option, "union" or "one_sided"."""
+    if not model.symmetric_graph:
+        return "directed"
+    return getattr(getattr(model, "cfg", None), "symmetric_edges", "union")
 
 
 def model_graph(model: nn.Module, pos: Tensor, cell: Tensor, cutoff: float, max_neighbors: int,
                 pbc: Sequence[bool] = (True, True, True)) -> Tuple[Tensor, Tensor]:
-    """The radius graph of one structure as ``model`` expects it: ``(edge_index, cell_offsets)``.
-
-    Directed for DimeNet++; for GemNet symmetric, built the way its ``symmetric_edges`` option
-    says ("union": :func:`radius_graph_pbc` with ``symmetric=True``; "one_sided": fairchem's
-    selection, :func:`one_sided_symmetric_edges`).
-    """
-    how = getattr(getattr(model, "cfg", None), "symmetric_edges", "union")
-    if not model.symmetric_graph or how == "union":
-        return radius_graph_pbc(pos, cell, cutoff, max_neighbors, pbc=pbc, symmetric=model.symmetric_graph)
-    edge_index, cell_offsets = radius_graph_pbc(pos, cell, cutoff, max_neighbors, pbc=pbc, symmetric=False)
-    return one_sided_symmetric_edges(edge_index, cell_offsets, pos, cell)
+    """The radius graph of one structure as ``model`` expects it: ``(edge_index, cell_offsets)``
+    (:func:`graph_parallel.data.radius_graph.structure_graph` of kind :func:`edge_kind`)."""
+    return structure_graph(pos, cell, cutoff, max_neighbors, edge_kind(model), pbc=pbc)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,7 +29,7 @@ from runtime.graph import scatter_sum
 from ..data.batch import S2EFBatch
 from ..parallel import GraphPartition, gather
 from .basis import BesselBasis, SphericalBasis
-from .common import ResidualLayer, edge_vectors, triplet_cosines
+from .common import ResidualLayer, at_least_float32, edge_vectors, triplet_cosines
 
 
 def triplet_sum(x_kj: Tensor, s_kji: Tensor, weight: Tensor, part: GraphPartition) -> Tensor:
@@ -186,8 +186,8 @@ class DimeNetPP(nn.Module):
         tgt_local = tgt - part.atom_start
         m = self.embedding(batch.atomic_numbers, rbf, src, tgt)
         # energies accumulate in float32 under autocast (blocks, atoms, then the gp all-reduce)
-        atom_energy = self.outputs[0](m, rbf, tgt_local, part.num_local_atoms).float()
+        atom_energy = at_least_float32(self.outputs[0](m, rbf, tgt_local, part.num_local_atoms))
         for interaction, output, s in zip(self.interactions, self.outputs[1:], sbf_down):
             m = interaction(m, rbf, s, part, group)
-            atom_energy = atom_energy + output(m, rbf, tgt_local, part.num_local_atoms).float()
+            atom_energy = atom_energy + at_least_float32(output(m, rbf, tgt_local, part.num_local_atoms))
         return scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures), None

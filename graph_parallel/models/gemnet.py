@@ -42,7 +42,7 @@ from runtime.io import atomic_write
 from ..data.batch import S2EFBatch
 from ..parallel import GraphPartition, gather
 from .basis import GaussianBasis, real_sph_harm_m0
-from .common import he_orthogonal_
+from .common import at_least_float32, he_orthogonal_
 
 INV_SQRT2 = 1 / math.sqrt(2.0)
 
@@ -371,16 +371,17 @@ class GemNetT(nn.Module):
         h_local = h[part.atoms]
         # energies and direct forces accumulate in float32 under autocast (blocks, atoms, the gp all-reduce)
         atom_energy, edge_force = self.outputs[0](m, rbf_out, tgt_local, part.num_local_atoms)
-        atom_energy, edge_force = atom_energy.float(), edge_force.float() if edge_force is not None else None
+        atom_energy = at_least_float32(atom_energy)
+        edge_force = at_least_float32(edge_force) if edge_force is not None else None
         for block, output in zip(self.interactions, self.outputs[1:]):
             h_local, m = block(h_local, m, rbf3, rbf_w, sph, rbf_h, src, tgt, part, kmax, group)
             e, f = output(m, rbf_out, tgt_local, part.num_local_atoms)
-            atom_energy = atom_energy + e.float()
-            edge_force = edge_force + f.float() if f is not None else None
+            atom_energy = atom_energy + at_least_float32(e)
+            edge_force = edge_force + at_least_float32(f) if f is not None else None
         energy = scatter_sum(atom_energy, batch.batch[part.atoms], batch.num_structures)
         if not self.direct_forces:
             return energy, None
-        forces = scatter_sum(edge_force.unsqueeze(-1) * unit.float(), tgt_local, part.num_local_atoms)
+        forces = scatter_sum(edge_force.unsqueeze(-1) * at_least_float32(unit), tgt_local, part.num_local_atoms)
         return energy, forces
 
 
@@ -406,22 +407,43 @@ def fit_scale_factors(model: GemNetT, batches: Iterable[S2EFBatch]) -> list:
     return scales
 
 
-def scale_factors_by_name(model: GemNetT) -> Dict[str, ScaleFactor]:
-    """fairchem's name of every scaling factor -> its ScaleFactor here, in fairchem's file order.
+def scale_factor_names(num_blocks: int, direct_forces: bool) -> list:
+    """fairchem's names of a GemNet's scaling factors, in its file order.
 
     TripInteraction_{i}_had_rbf / _sum_cbf and AtomUpdate_{i}_sum for interaction block i = 1..n,
     then OutBlock_{i}_sum (and OutBlock_{i}_had for direct forces) for output block i = 0..n.
     """
-    names: Dict[str, ScaleFactor] = {}
-    for i, block in enumerate(model.interactions, start=1):
-        names[f"TripInteraction_{i}_had_rbf"] = block.triplet.scale_rbf
-        names[f"TripInteraction_{i}_sum_cbf"] = block.triplet.scale_cbf_sum
-        names[f"AtomUpdate_{i}_sum"] = block.atom_update.scale_sum
-    for i, out in enumerate(model.outputs):
-        names[f"OutBlock_{i}_sum"] = out.scale_sum
-        if out.direct:
-            names[f"OutBlock_{i}_had"] = out.scale_rbf_f
+    names = []
+    for i in range(1, num_blocks + 1):
+        names += [f"TripInteraction_{i}_had_rbf", f"TripInteraction_{i}_sum_cbf", f"AtomUpdate_{i}_sum"]
+    for i in range(num_blocks + 1):
+        names += [f"OutBlock_{i}_sum"] + ([f"OutBlock_{i}_had"] if direct_forces else [])
     return names
+
+
+def scale_factors_by_name(model: GemNetT) -> Dict[str, ScaleFactor]:
+    """fairchem's name of every scaling factor -> its ScaleFactor here (:func:`scale_factor_names` order)."""
+    factors = []
+    for block in model.interactions:
+        factors += [block.triplet.scale_rbf, block.triplet.scale_cbf_sum, block.atom_update.scale_sum]
+    for out in model.outputs:
+        factors += [out.scale_sum] + ([out.scale_rbf_f] if out.direct else [])
+    return dict(zip(scale_factor_names(len(model.interactions), model.direct_forces), factors, strict=True))
+
+
+def _gemnet_shape(direct_forces: bool, num_blocks: int) -> str:
+    return f"GemNet-{'dT' if direct_forces else 'T'} with {num_blocks} block{'s' if num_blocks != 1 else ''}"
+
+
+def scale_file_shape(names: Iterable[str]) -> str:
+    """The GemNet whose scaling factors are exactly ``names`` (e.g. "GemNet-dT with 4 blocks"), or why none is."""
+    names = set(names)
+    blocks = max((int(n.split("_")[1]) for n in names if n.startswith(("TripInteraction_", "AtomUpdate_"))
+                  and n.split("_")[1].isdigit()), default=0)
+    for direct in (False, True):
+        if blocks and names == set(scale_factor_names(blocks, direct)):
+            return f"{_gemnet_shape(direct, blocks)} (num_blocks {blocks})"
+    return "no GemNet-T or GemNet-dT: its names are not the factors of any number of blocks"
 
 
 def load_scale_file(model: GemNetT, path: Union[str, Path]) -> Dict[str, float]:
@@ -430,8 +452,9 @@ def load_scale_file(model: GemNetT, path: Union[str, Path]) -> Dict[str, float]:
     Format: ``{"comment": "...", "TripInteraction_1_had_rbf": 15.2, ...}`` (the "comment" key,
     which older files have, is ignored; files that name the atom update ``IntBlock_{i}_sum`` are
     read as ``AtomUpdate_{i}_sum``). Every factor of the model must be named and every name must
-    be a factor of the model, else :class:`DataError` lists the differences. A value of 0 means
-    "not fitted" to fairchem (no scaling) and is set to 1 here.
+    be a factor of the model, else :class:`DataError` lists the differences and names the GemNet
+    the file fits (:func:`scale_file_shape`). A value of 0 means "not fitted" to fairchem (no
+    scaling) and is set to 1 here.
     """
     path = Path(path)
     if not path.is_file():
@@ -456,8 +479,9 @@ def load_scale_file(model: GemNetT, path: Union[str, Path]) -> Dict[str, float]:
     factors = scale_factors_by_name(model)
     unknown, missing = sorted(set(values) - set(factors)), [k for k in factors if k not in values]
     if unknown or missing:
-        raise DataError(f"scale file {path} does not match this GemNet ({len(model.interactions)} blocks, "
-                        f"direct forces {model.direct_forces}): unknown names {unknown}, missing names {missing}")
+        ours = _gemnet_shape(model.direct_forces, len(model.interactions))
+        raise DataError(f"scale file {path} does not match this {ours}: unknown names {unknown}, missing names "
+                        f"{missing}; the file fits {scale_file_shape(values)}")
     applied = {}
     for name, factor in factors.items():
         value = float(values[name]) or 1.0

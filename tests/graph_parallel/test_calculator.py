@@ -235,3 +235,74 @@ def test_refusals(tmp_path):
     molecule = Atoms("H2O", positions=[[0, 0, 0], [0.76, 0.59, 0], [-0.76, 0.59, 0]])   # no cell, no pbc
     molecule.calc = calc
     assert np.isfinite(molecule.get_potential_energy()) and molecule.get_forces().shape == (3, 3)
+
+
+def test_calculator_help_lists_its_flags():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "graph_parallel.calculator", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for flag in ("--load_ckpt_path", "--structure", "--log_dir", "--relax", "--optimizer", "--fmax", "--max_steps",
+                 "--device", "--symmetric_edges"):
+        assert flag in done.stdout
+
+
+def test_calculator_command_line_single_point_and_relaxation(fitted_checkpoint, tmp_path):
+    from ase.io import read, write
+
+    from graph_parallel import calculator
+    from tests.graph_parallel.gp_helpers import records
+
+    path, relaxed = fitted_checkpoint
+    structure = tmp_path / "frames.extxyz"
+    write(structure, [rattled(relaxed, 11), rattled(relaxed, 12)])
+    out = tmp_path / "out"
+    single = calculator.main(["--load_ckpt_path", str(path), "--structure", str(structure), "--index", ":",
+                              "--log_dir", str(out), "--device", "cpu"])
+    arrays = np.load(out / "frames.npz")
+    assert arrays["natoms"].tolist() == [9, 9] and arrays["forces"].shape == (18, 3) and "converged" not in arrays
+    direct = GraphParallelCalculator(str(path))
+    for k, atoms in enumerate(read(structure, ":")):
+        atoms.calc = direct
+        assert arrays["energy"][k] == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(arrays["forces"][9 * k:9 * k + 9], atoms.get_forces(apply_constraint=False),
+                                   atol=1e-9)
+    images = read(out / "frames.traj", ":")
+    assert len(images) == 2 and images[1].get_potential_energy() == pytest.approx(single["energy"][1])
+    logged = records(out, "calculator_log.json")
+    assert [r["step"] for r in logged if r["step"] != "PARAMETER"] == [[0], [1]]
+
+    relax = calculator.main(["--load_ckpt_path", str(path), "--structure", str(structure), "--relax",
+                             "--optimizer", "FIRE", "--fmax", "0.01", "--steps", "4", "--log_dir", str(out),
+                             "--output", str(tmp_path / "relaxed.npz"), "--trajectory", str(tmp_path / "r.traj")])
+    assert relax["steps"].tolist() == [4] and relax["converged"].tolist() == [False]
+    steps = read(tmp_path / "r.traj", ":")
+    assert len(steps) == 5 and steps[-1].get_potential_energy() < steps[0].get_potential_energy()
+    np.testing.assert_allclose(relax["positions"], steps[-1].positions)
+    assert [r["step"] for r in records(out, "calculator_log.json") if r["step"] != "PARAMETER"] == \
+        [[0, 0], [0, 1], [0, 2], [0, 3], [0, 4], [0]]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--structure", "absent.xyz"], "--structure .*absent.xyz: no such file"),
+    (["--structure", "bad.xyz"], "ase.io.read cannot read it"),
+    (["--structure", "frames.xyz", "--optimizer", "Newton"], "invalid choice"),
+    (["--structure", "frames.xyz", "--output", "out.csv"], r"\.npz"),
+    (["--structure", "frames.xyz", "--symmetric_edges", "one_sided"], "applies to GemNet"),
+])
+def test_calculator_command_line_refuses_bad_input(fitted_checkpoint, tmp_path, monkeypatch, capsys, flags, message):
+    import re
+
+    from ase.io import write
+
+    from graph_parallel import calculator
+
+    path, relaxed = fitted_checkpoint
+    monkeypatch.chdir(tmp_path)
+    write("frames.xyz", relaxed)
+    (tmp_path / "bad.xyz").write_text("not a structure\n")
+    code = calculator.run_main(calculator.main, ["--load_ckpt_path", str(path), "--log_dir", "out", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0]), err

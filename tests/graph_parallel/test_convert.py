@@ -11,7 +11,7 @@ Verification levels:
   by periodic edge vectors, as fairchem's DimeNet++ wrapper drives them.
 - fairchem key layout: a synthetic state_dict with fairchem GemNet-T/dT key names and shapes maps
   with the documented transforms (always runs). With fairchem-core < 2 importable (pip install
-  --no-deps fairchem-core==1.10.0; torch_scatter/torch_sparse are shimmed here in pure PyTorch),
+  --no-deps fairchem-core==1.10.0; torch_scatter/torch_sparse are shimmed in pure PyTorch by fairchem_shims.py),
   fairchem's GemNet-T, GemNet-dT and DimeNet++ forward passes are compared directly, and the
   synthetic layout is checked against fairchem's real state_dict.
 """
@@ -32,10 +32,11 @@ from graph_parallel.data import EMBEDDED_DATA_DIR, LmdbDataset, radius_graph_pbc
 from graph_parallel.data.batch import S2EFBatch
 from graph_parallel.models import (build_model, he_orthogonal_, load_scale_file, model_graph, predict,
                                    save_scale_file, scale_factors_by_name)
-from graph_parallel.models.gemnet import Dense, EfficientBilinear
+from graph_parallel.models.gemnet import Dense, EfficientBilinear, scale_file_shape
 from graph_parallel.parallel import partition_graph
 from runtime.checkpoint import read_checkpoint
 from runtime.errors import CheckpointError, ConfigError, DataError, MissingFileError, run_main
+from tests.graph_parallel.fairchem_shims import shim_modules
 
 CUTOFF = 4.0
 
@@ -393,70 +394,12 @@ def test_fairchem_cli_and_pickled_checkpoints(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # fairchem's own modules (fairchem-core < 2 installed; skipped otherwise)
 # ---------------------------------------------------------------------------------------------
-def _scatter(src, index, dim=0, out=None, dim_size=None, reduce="sum"):
-    size = dim_size if dim_size is not None else (int(index.max()) + 1 if index.numel() else 0)
-    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
-    total = src.new_zeros((size,) + src.shape[1:]).scatter_add(0, idx, src)
-    if reduce == "mean":
-        counts = torch.bincount(index, minlength=size).clamp(min=1).to(src.dtype)
-        return total / counts.view(-1, *([1] * (src.dim() - 1)))
-    return total
-
-
-def _segment_csr(src, indptr, reduce="sum"):
-    counts = indptr[1:] - indptr[:-1]
-    return _scatter(src, torch.repeat_interleave(torch.arange(len(counts)), counts), dim_size=len(counts))
-
-
-class _SparseRows:
-    """Just enough of torch_sparse.SparseTensor for fairchem's triplets: row selection of a COO matrix."""
-
-    def __init__(self, row, col, value=None, sparse_sizes=None, _sorted=False):
-        if not _sorted:
-            order = torch.argsort(row * (int(col.max()) + 1 if col.numel() else 1) + col, stable=True)
-            row, col, value = row[order], col[order], value[order] if value is not None else None
-        self._row, self._col, self._value, self.sizes = row, col, value, sparse_sizes
-        self.storage = self
-
-    def row(self):
-        return self._row
-
-    def col(self):
-        return self._col
-
-    def value(self):
-        return self._value
-
-    def __getitem__(self, idx):
-        counts = torch.bincount(self._row, minlength=self.sizes[0])
-        ptr, c = torch.cumsum(counts, 0) - counts, counts[idx]
-        src = torch.repeat_interleave(ptr[idx], c) + torch.arange(int(c.sum())) - torch.repeat_interleave(
-            torch.cumsum(c, 0) - c, c)
-        return _SparseRows(torch.repeat_interleave(torch.arange(len(idx)), c), self._col[src],
-                           self._value[src] if self._value is not None else None, (len(idx), self.sizes[1]), True)
-
-    def set_value(self, value, layout=None):
-        return _SparseRows(self._row, self._col, value, self.sizes, True)
-
-    def sum(self, dim=1):
-        return torch.bincount(self._row, minlength=self.sizes[0])
-
-
 @pytest.fixture
 def fairchem(monkeypatch):
     if importlib.util.find_spec("fairchem") is None:
         pytest.skip("fairchem-core not installed (pip install --no-deps 'fairchem-core<2' to compare with it)")
-    import torch_geometric  # noqa: F401 - before the shims, so PyG does not pick them up
-
-    for name, attrs in (("torch_scatter", {"scatter": _scatter, "segment_csr": _segment_csr,
-                                           "segment_coo": lambda s, i, dim_size=None, reduce="sum":
-                                           _scatter(s, i, dim_size=dim_size)}),
-                        ("torch_sparse", {"SparseTensor": _SparseRows}),
-                        ("huggingface_hub", {"hf_hub_download": None})):
-        if importlib.util.find_spec(name) is None:
-            module = types.ModuleType(name)
-            module.__dict__.update(attrs)
-            monkeypatch.setitem(sys.modules, name, module)
+    for name, module in shim_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
     try:
         from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap
         from fairchem.core.models.gemnet.gemnet import GemNetT
@@ -639,6 +582,21 @@ def test_load_scale_file_fairchem_format(tmp_path):
     load_scale_file(fresh, out)
     assert all(float(a.scale) == float(b.scale) for a, b in
                zip(scale_factors_by_name(model).values(), scale_factors_by_name(fresh).values()))
+
+
+def test_a_refused_scale_file_names_the_gemnet_it_fits(tmp_path):
+    path = tmp_path / "published.json"
+    path.write_text(json.dumps({"comment": "fitted", **{n: 1.5 for n in fairchem_scale_names(4, True)}}))
+    with pytest.raises(DataError, match=r"does not match this GemNet-T with 2 blocks: unknown names .*"
+                                        r"the file fits GemNet-dT with 4 blocks \(num_blocks 4\)"):
+        load_scale_file(build_model("gemnet_t", "small"), path)
+    path.write_text(json.dumps({n: 1.5 for n in fairchem_scale_names(1, False)}))
+    with pytest.raises(DataError, match=r"this GemNet-dT with 2 blocks: .*fits GemNet-T with 1 block \("):
+        load_scale_file(build_model("gemnet_dt", "small"), path)
+    path.write_text(json.dumps({n: 1.5 for n in fairchem_scale_names(3, False) if n != "AtomUpdate_2_sum"}))
+    with pytest.raises(DataError, match=r"fits no GemNet-T or GemNet-dT"):
+        load_scale_file(build_model("gemnet_t", "small"), path)
+    assert scale_file_shape(fairchem_scale_names(3, True)) == "GemNet-dT with 3 blocks (num_blocks 3)"
 
 
 def test_load_scale_file_refuses_mismatches(tmp_path):

@@ -78,3 +78,62 @@ def test_param_counts_help_prints_and_does_not_run(capsys):
     assert exit_info.value.code == 0 and "usage:" in out and "parameters" not in out.split("usage:")[0]
     rows = param_counts.main(["--model", "dimenetpp", "--preset", "small"])
     assert rows == [("dimenetpp", "small", 41606)]
+
+
+def test_fairchem_gemnet_edges_agree_through_evaluate_predict_and_the_calculator(tmp_path):
+    """A converted (one_sided) GemNet with truncating max_neighbors: the collater builds the calculator's graph."""
+    import torch
+    from ase import Atoms
+
+    from graph_parallel.calculator import GraphParallelCalculator
+    from graph_parallel.data import Collater
+    from graph_parallel.models import model_graph
+
+    cutoff, max_neighbors = 4.5, 8
+    data = tiny_dataset(tmp_path / "data", train=[0, 9], val=[0, 9, 18])
+    torch.manual_seed(0)
+    model = build_model("gemnet_t", "small", cutoff=cutoff, symmetric_edges="one_sided")
+    ckpt = tmp_path / "fairchem.pt"
+    write_model_checkpoint(str(ckpt), model, "gemnet_t", {"mean": -1.0, "std": 2.0}, cutoff, max_neighbors,
+                           source="converted from fairchem gemnet_t")
+    val = LmdbDataset(data / "val.lmdb")
+    batch = Collater(cutoff, max_neighbors, "one_sided")([val[0]])
+    frame = val[0]
+    edges, offsets = model_graph(model, frame["pos"].double(), frame["cell"].double(), cutoff, max_neighbors)
+    assert torch.equal(batch.edge_index, edges) and torch.equal(batch.cell_offsets, offsets.float())
+    union = Collater(cutoff, max_neighbors, True)([val[0]])
+    assert union.edge_index.shape[1] > edges.shape[1]                 # truncation bites: the graphs differ
+
+    def predicted(*flags):
+        out = tmp_path / f"pred{len(flags)}.npz"
+        predict.main(["--load_ckpt_path", str(ckpt), "--dataset", str(data), "--log_dir", str(tmp_path),
+                      "--output", str(out), "--silent", *flags])
+        return np.load(out)
+
+    arrays = predicted()
+    calc = GraphParallelCalculator(str(ckpt))
+    start = 0
+    for i in range(len(val)):
+        record = val.raw(i)
+        atoms = Atoms(numbers=record["atomic_numbers"], positions=record["pos"], cell=record["cell"].reshape(3, 3),
+                      pbc=True)
+        atoms.calc = calc
+        n = len(atoms)
+        assert arrays["energy"][i] == pytest.approx(atoms.get_potential_energy(), abs=1e-4)
+        np.testing.assert_allclose(arrays["forces"][start:start + n], atoms.get_forces(), atol=1e-4)
+        start += n
+    metrics = evaluate.main(["--load_ckpt_path", str(ckpt), "--dataset", str(data), "--log_dir", str(tmp_path),
+                             "--silent"])
+    mae = np.abs(arrays["energy"] - arrays["energy_target"]).mean()
+    assert metrics["val_energy_mae"] == pytest.approx(mae, rel=1e-5)
+    union_arrays = predicted("--symmetric_edges", "union")            # asked for: this project's graph
+    assert np.abs(union_arrays["energy"] - arrays["energy"]).max() > 1e-3
+    union_calc = GraphParallelCalculator(str(ckpt), symmetric_edges="union")
+    atoms.calc = union_calc
+    assert union_arrays["energy"][-1] == pytest.approx(atoms.get_potential_energy(), abs=1e-4)
+    with pytest.raises(ConfigError, match="applies to GemNet"):
+        dimenet = tmp_path / "dimenet.pt"
+        write_model_checkpoint(str(dimenet), build_model("dimenetpp", "small", cutoff=cutoff), "dimenetpp",
+                               {"mean": 0.0, "std": 1.0}, cutoff, max_neighbors)
+        evaluate.main(["--load_ckpt_path", str(dimenet), "--dataset", str(data), "--log_dir", str(tmp_path),
+                       "--symmetric_edges", "one_sided"])

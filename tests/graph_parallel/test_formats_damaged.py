@@ -287,3 +287,23 @@ def test_readers_never_create_files(tmp_path):
         ds = open_dataset(tmp_path / name)
         assert len(ds) >= 1 and [ds.raw(i)["natoms"] for i in range(len(ds))]
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_a_file_another_reader_holds_open_is_not_called_damaged(tmp_path):
+    path = tmp_path / "held.lmdb"
+    write_lmdb(path, make_frames(3))
+    close_lmdb_files(path)
+    holder = lmdb.open(str(path), subdir=False, readonly=True, lock=False)   # e.g. another library's dataset
+    try:
+        with pytest.raises(DataError) as info:
+            LmdbDataset(path)
+        message = str(info.value)
+        assert "another reader in this process still holds it open" in message and "damaged" not in message
+    finally:
+        holder.close()
+    assert len(LmdbDataset(path)) == 3                                       # closed: it reads
+    os.utime(path, ns=(0, 0))                                                # the file changes under our reader
+    with pytest.raises(DataError, match=r"an earlier version of it .*close_lmdb_files"):
+        LmdbDataset(path)
+    close_lmdb_files(path)
+    assert len(LmdbDataset(path)) == 3
