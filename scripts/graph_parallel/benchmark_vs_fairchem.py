@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +30,7 @@ sys.path.append(ROOT)
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # scripts/: the shared harness
 import bench_harness as harness  # noqa: E402
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from benchmark_vs_pyg import _hwm_mb, _reset_hwm  # noqa: E402  (peak RSS per step, as for PyG)
+from benchmark_vs_pyg import interleaved_steps  # noqa: E402  (the rounds and peak RSS, as for PyG)
 
 SIZES = {   # fairchem's OC20 GemNet-T (configs/s2ef/all/gemnet/gemnet-dT.yml sizes) and a tiny one for smoke runs
     "base": dict(num_spherical=7, num_radial=128, num_blocks=3, emb_size_atom=512, emb_size_edge=512,
@@ -155,19 +154,7 @@ def run(args) -> dict:
         e_theirs = theirs(data)["energy"].reshape(-1).detach()
     figures["energy_max_rel_diff"] = float((e_ours - e_theirs).abs().max() / e_theirs.abs().max().clamp(min=1e-12))
     fns = train_steps(data, theirs, batch, part, ours)
-    wall = {n: [] for n in fns}
-    cpu = {n: [] for n in fns}
-    peak = {n: 0.0 for n in fns}
-    for r in range(args.warmup + args.rounds):
-        for name in (("ours", "fairchem") if r % 2 == 0 else ("fairchem", "ours")):
-            _reset_hwm()
-            t0, c0 = time.perf_counter(), time.process_time()
-            fns[name]()
-            w, c = time.perf_counter() - t0, time.process_time() - c0
-            if r >= args.warmup:
-                wall[name].append(w)
-                cpu[name].append(c)
-                peak[name] = max(peak[name], _hwm_mb())
+    wall, cpu, peak, _ = interleaved_steps(fns, args.warmup, args.rounds)
     for name in fns:
         figures.update({f"{name}_cpu_ms": statistics.median(cpu[name]) * 1e3,
                         f"{name}_wall_ms": statistics.median(wall[name]) * 1e3,
