@@ -32,7 +32,7 @@ import bench_harness as harness  # noqa: E402
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from benchmark_vs_pyg import interleaved_steps  # noqa: E402  (the rounds and peak RSS, as for PyG)
 
-SIZES = {   # fairchem's OC20 GemNet-T (configs/s2ef/all/gemnet/gemnet-dT.yml sizes) and a tiny one for smoke runs
+SIZES = {   # the OC20 GemNet-T/dT sizes (= our "base" preset) and a tiny one for smoke runs
     "base": dict(num_spherical=7, num_radial=128, num_blocks=3, emb_size_atom=512, emb_size_edge=512,
                  emb_size_trip=64, emb_size_rbf=16, emb_size_cbf=16, emb_size_bil_trip=64, num_before_skip=1,
                  num_after_skip=2, num_concat=1, num_atom=3),
