@@ -67,6 +67,27 @@ def _reset_hwm() -> None:
         pass
 
 
+def interleaved_steps(fns, warmup: int, rounds: int):
+    """Per name of the two steps in ``fns``: (wall s, CPU s) of each timed call, the peak RSS (MB) and its peak
+    growth over the RSS before the call. One call of each per round, the order alternating by round."""
+    first, second = fns
+    wall, cpu = {n: [] for n in fns}, {n: [] for n in fns}
+    peak, growth = {n: 0.0 for n in fns}, {n: 0.0 for n in fns}
+    for r in range(warmup + rounds):
+        for name in ((first, second) if r % 2 == 0 else (second, first)):
+            _reset_hwm()
+            before = harness.rss_mb()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fns[name]()
+            w, c = time.perf_counter() - t0, time.process_time() - c0
+            if r >= warmup:
+                wall[name].append(w)
+                cpu[name].append(c)
+                peak[name] = max(peak[name], _hwm_mb())
+                growth[name] = max(growth[name], _hwm_mb() - before)
+    return wall, cpu, peak, growth
+
+
 def qm9_frames(count: int):
     """The first ``count`` molecules of the SE(3) recipe's QM9 sample as frames in a 100 A box (targets zero)."""
     import numpy as np
@@ -190,22 +211,7 @@ def run(args) -> dict:
     # put a floor under the inference peaks
     for phase in (("inference", "train") if args.phase == "both" else (args.phase,)):
         fns = steps(args, batch, part, ours, pyg, phase)
-        wall = {n: [] for n in fns}
-        cpu = {n: [] for n in fns}
-        peak = {n: 0.0 for n in fns}
-        growth = {n: 0.0 for n in fns}
-        for r in range(args.warmup + args.rounds):
-            for name in (("ours", "pyg") if r % 2 == 0 else ("pyg", "ours")):
-                _reset_hwm()
-                before = harness.rss_mb()
-                t0, c0 = time.perf_counter(), time.process_time()
-                fns[name]()
-                w, c = time.perf_counter() - t0, time.process_time() - c0
-                if r >= args.warmup:
-                    wall[name].append(w)
-                    cpu[name].append(c)
-                    peak[name] = max(peak[name], _hwm_mb())
-                    growth[name] = max(growth[name], _hwm_mb() - before)
+        wall, cpu, peak, growth = interleaved_steps(fns, args.warmup, args.rounds)
         for name in fns:
             med = statistics.median(wall[name])
             figures.update({f"{name}_{phase}_throughput": args.batch_size / med,

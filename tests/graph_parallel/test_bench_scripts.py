@@ -1,5 +1,6 @@
 """The DimeNet++ triplet sum against its gather-multiply-scatter definition, the GemNet partition's
-kmax, and smoke runs of the benchmark scripts at a tiny size (figures printed, none asserted)."""
+kmax, smoke runs of the benchmark scripts at a tiny size (figures printed, none asserted), and the fairchem
+benchmark's skip path."""
 import json
 import os
 import subprocess
@@ -64,3 +65,15 @@ def test_benchmark_vs_pyg_smoke():
                    "--max_neighbors", "8", "--warmup", "0", "--rounds", "1")
     assert figures["energy_max_rel_diff"] < 1e-4          # same weights, edges and triplets
     assert figures["ratio_train_throughput"] > 0 and figures["ratio_inference_throughput"] > 0
+
+
+def test_benchmark_vs_fairchem_skips_with_one_line_without_fairchem(tmp_path):
+    """An interpreter that lacks fairchem (this one: the project's environment never gets it) -> one
+    `skip:` line, exit 0, no venv made and nothing run."""
+    env = dict(os.environ, FAIRCHEM_PYTHON=sys.executable, FAIRCHEM_VENV=str(tmp_path / "venv"))
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "graph_parallel" / "benchmark_vs_fairchem.sh")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skip: fairchem-core<2 is not importable"), out.stdout
+    assert not (tmp_path / "venv").exists()
