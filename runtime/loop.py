@@ -1,11 +1,15 @@
 """The training loop driver shared by every recipe: the recipe says *what* a step is, the loop *when*.
 
 A recipe keeps its training step in its own package and hands the loop plain functions:
-``forward_backward(batch, loss_scale) -> {"loss": tensor, ...}`` (detached scalars),
-``optimizer_step() -> {...} or None``, and optionally ``evaluate(epoch, scheduled) -> {"val_...": float}``
+``forward_backward(batch, loss_scale, position) -> {"loss": tensor, ...}`` (detached scalars),
+``optimizer_step(position) -> {...} or None``, and optionally ``evaluate(epoch, scheduled) -> {"val_...": float}``
 (``scheduled`` is False for the extra evaluation when a run stops early: per-evaluation schedules
 such as ReduceLROnPlateau must then not step, or a resumed run would diverge),
-``end_epoch(epoch)`` (per-epoch schedules), ``save(position)`` and ``no_sync()`` (DDP).
+``end_epoch(position)`` (per-epoch schedules), ``save(position)`` and ``no_sync()`` (DDP).
+The ``position`` a callback receives is the run's position when it is called, so a recipe keeps
+no step counter of its own: ``forward_backward`` gets the batch's index in ``position.batch``,
+``optimizer_step`` gets ``position.step`` = the optimizer steps taken before this one, and
+``end_epoch`` gets the epoch's end (``position.batch`` = the batches of ``position.epoch``).
 
 =================  =================================================================================
 concern            rule
@@ -134,12 +138,12 @@ class _Running:
 
 class TrainLoop:
     def __init__(self, config: LoopConfig, loader, sampler, logger, *,
-                 forward_backward: Callable[[object, float], Dict[str, torch.Tensor]],
-                 optimizer_step: Callable[[], Optional[Dict[str, torch.Tensor]]],
+                 forward_backward: Callable[[object, float, Position], Dict[str, torch.Tensor]],
+                 optimizer_step: Callable[[Position], Optional[Dict[str, torch.Tensor]]],
                  batch_items: Callable[[object], int],
                  lr: Callable[[], float],
                  evaluate: Optional[Callable[[int, bool], Dict[str, float]]] = None,
-                 end_epoch: Optional[Callable[[int], None]] = None,
+                 end_epoch: Optional[Callable[[Position], None]] = None,
                  save: Optional[Callable[[Position], None]] = None,
                  no_sync: Optional[Callable[[], ContextManager]] = None,
                  meter=None):
@@ -231,7 +235,7 @@ class TrainLoop:
                     step_started = True
                 sync = self.no_sync() if (self.no_sync is not None and not boundary) else contextlib.nullcontext()
                 with sync:
-                    out = self.forward_backward(batch, 1.0 / cfg.accumulate)
+                    out = self.forward_backward(batch, 1.0 / cfg.accumulate, pos)
                 self._count_nonfinite(out["loss"])
                 interval.add(out)
                 epoch_sums.add(out)
@@ -241,7 +245,7 @@ class TrainLoop:
                 pos = replace(pos, batch=pos.batch + 1)
                 if not boundary:
                     continue
-                step_out = self.optimizer_step() or {}
+                step_out = self.optimizer_step(pos) or {}
                 pos = replace(pos, step=pos.step + 1)
                 if pos.step == position.step + 1:           # from the second step on (the first warms up)
                     stack.enter_context(cuda_sync_debug(get_device()))
@@ -281,7 +285,7 @@ class TrainLoop:
             if epoch_done:
                 self._check_finite(pos)
                 if self.end_epoch is not None:
-                    self.end_epoch(pos.epoch)
+                    self.end_epoch(pos)
                 pos = Position(pos.epoch + 1, 0, pos.step)
                 if stop_reason is None and self._out_of_time(started):
                     stop_reason = "max_minutes"
