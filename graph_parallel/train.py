@@ -321,14 +321,14 @@ def _run(args, device, grid, model, name, preset, meta, norm, baselines, precisi
             print("no val split in the dataset: training without evaluation", flush=True)
     compute_forces = args.force_coef > 0
 
-    def forward_backward(batch, loss_scale: float):
+    def forward_backward(batch, loss_scale: float, pos: Position):
         batch = batch.to(device, non_blocking=True)
         energy, forces = forward(model, batch, grid, precision, compute_forces=compute_forces, create_graph=True)
         loss, value = s2ef_loss(energy, forces, batch, norm, args.energy_coef, args.force_coef, grid.dp_group)
         precision.backward(loss * loss_scale)
         return {"loss": value}
 
-    def optimizer_step():
+    def optimizer_step(pos: Position):
         sync_gradients(model.parameters())
         grad_norm = precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
         optimizer.zero_grad(set_to_none=True)

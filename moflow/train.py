@@ -266,28 +266,29 @@ def _run(args, env, cache, config, meta, model, optimizer, precision, loader, sa
     model.use_streams = device.type == "cuda" and args.streams and not args.compile
     ddp = wrap_ddp(MoFlowObjective(model))
     objective = maybe_compile(ddp, args.compile)
-    graphed = {"done": False, "steps": 0}
+    graphed = False
     accumulate = args.accumulate_grad_batches
 
-    def forward_backward(batch, scale: float):
+    def forward_backward(batch, scale: float, pos: Position):
+        nonlocal graphed
         x, adj = (t.to(device, non_blocking=True) for t in batch)
-        if args.cuda_graphs and not graphed["done"] and graphed["steps"] >= args.cuda_graph_warmup \
+        # the warm-up counts the optimizer steps of this run (a resumed run warms up again), not pos.step
+        if args.cuda_graphs and not graphed and pos.step - position.step >= args.cuda_graph_warmup \
                 and len(x) == args.batch_size:
             with precision.autocast(cache_enabled=False):
                 graph_flows_for_cuda(model, adj, x)
-            graphed["done"] = True
+            graphed = True
             if accumulate > 1:  # graphed backward returns views of static buffers: never let p.grad alias one
                 materialize_grads(model.parameters())
-        with precision.autocast(cache_enabled=not graphed["done"]):  # graphed callables need the cache off
+        with precision.autocast(cache_enabled=not graphed):  # graphed callables need the cache off
             loss, nll_x, nll_adj = objective(adj, x)
         precision.backward(loss * scale)
         return {"loss": loss.detach(), "nll_x": nll_x, "nll_adj": nll_adj}
 
-    def optimizer_step():
+    def optimizer_step(pos: Position):
         norm = precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
-        keep_grads = graphed["done"] and accumulate > 1
+        keep_grads = graphed and accumulate > 1
         optimizer.zero_grad(set_to_none=not keep_grads)
-        graphed["steps"] += 1
         out = {"prior_ln_var": model.ln_var.detach().reshape(())}
         if norm is not None:
             out["grad_norm"] = norm
@@ -316,7 +317,7 @@ def _run(args, env, cache, config, meta, model, optimizer, precision, loader, sa
     result = loop.run(position)
     if args.benchmark:
         logger.log((), {"peak_memory_mb": peak_memory_mb(device)})
-    if args.cuda_graphs and not graphed["done"]:
+    if args.cuda_graphs and not graphed:
         logger.log((), {"stop_reason": f"{result['stop_reason']} (no CUDA graph was captured: no full batch of "
                                        f"{args.batch_size} arrived after {args.cuda_graph_warmup} warm-up steps)"})
     return result

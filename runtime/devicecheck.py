@@ -319,8 +319,8 @@ class DeviceCheck:
             original(loop_self, *args, **kwargs)
             step = loop_self.optimizer_step
 
-            def counted_step():
-                out = step()
+            def counted_step(*step_args):
+                out = step(*step_args)
                 marks.append(len(self.syncs))
                 return out
             loop_self.optimizer_step = counted_step

@@ -1,11 +1,15 @@
 """The training loop driver shared by every recipe: the recipe says *what* a step is, the loop *when*.
 
 A recipe keeps its training step in its own package and hands the loop plain functions:
-``forward_backward(batch, loss_scale) -> {"loss": tensor, ...}`` (detached scalars),
-``optimizer_step() -> {...} or None``, and optionally ``evaluate(epoch, scheduled) -> {"val_...": float}``
+``forward_backward(batch, loss_scale, position) -> {"loss": tensor, ...}`` (detached scalars),
+``optimizer_step(position) -> {...} or None``, and optionally ``evaluate(epoch, scheduled) -> {"val_...": float}``
 (``scheduled`` is False for the extra evaluation when a run stops early: per-evaluation schedules
 such as ReduceLROnPlateau must then not step, or a resumed run would diverge),
-``end_epoch(epoch)`` (per-epoch schedules), ``save(position)`` and ``no_sync()`` (DDP).
+``end_epoch(position)`` (per-epoch schedules), ``save(position)`` and ``no_sync()`` (DDP).
+The ``position`` a callback receives is the run's position when it is called, so a recipe keeps
+no step counter of its own: ``forward_backward`` gets the batch's index in ``position.batch``,
+``optimizer_step`` gets ``position.step`` = the optimizer steps taken before this one, and
+``end_epoch`` gets the epoch's end (``position.batch`` = the batches of ``position.epoch``).
 
 =================  =================================================================================
 concern            rule
@@ -38,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ContextManager, Dict, Mapping, Optional
+from typing import Any, Callable, ContextManager, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -134,12 +138,12 @@ class _Running:
 
 class TrainLoop:
     def __init__(self, config: LoopConfig, loader, sampler, logger, *,
-                 forward_backward: Callable[[object, float], Dict[str, torch.Tensor]],
-                 optimizer_step: Callable[[], Optional[Dict[str, torch.Tensor]]],
+                 forward_backward: Callable[[object, float, Position], Dict[str, torch.Tensor]],
+                 optimizer_step: Callable[[Position], Optional[Dict[str, torch.Tensor]]],
                  batch_items: Callable[[object], int],
                  lr: Callable[[], float],
                  evaluate: Optional[Callable[[int, bool], Dict[str, float]]] = None,
-                 end_epoch: Optional[Callable[[int], None]] = None,
+                 end_epoch: Optional[Callable[[Position], None]] = None,
                  save: Optional[Callable[[Position], None]] = None,
                  no_sync: Optional[Callable[[], ContextManager]] = None,
                  meter=None):
@@ -192,117 +196,171 @@ class TrainLoop:
         """Train from ``position`` until the epochs, ``max_steps``, ``max_minutes`` or the benchmark end.
 
         Returns the last epoch's train metrics and the last evaluation's metrics, plus ``epochs``,
-        ``steps``, ``minutes`` and ``stop_reason``.
+        ``steps``, ``minutes``, ``stop_reason`` and ``position``.
         """
         with contextlib.ExitStack() as stack:        # leaves CUDA's sync debug mode however the run ends
-            return self._run(position, stack)
+            run = self._start(position, stack)
+            result: Dict[str, float] = {}
+            while run.stop_reason is None and (run.pos.epoch < self.config.epochs or self.meter is not None):
+                epoch_sums, batches_in_epoch = self._train_epoch(run)
+                if self.meter is not None:           # benchmark: cycle epochs, nothing at their ends
+                    if run.stop_reason is None:
+                        run.pos = Position(run.pos.epoch + 1, 0, run.pos.step)
+                    continue
+                result.update(self._close_epoch(run, epoch_sums, batches_in_epoch))
+            return self._finish(run, result)
 
-    def _run(self, position: Position, stack: contextlib.ExitStack) -> Dict[str, float]:
-        cfg = self.config
-        started = last_log_time = time.time()
-        pos = position
-        self._checked_step = pos.step
-        stop_reason: Optional[str] = None
-        result: Dict[str, float] = {}
-        interval, interval_items = _Running(), int(pos.sums.get("interval_items", 0))
-        interval.load(pos.sums.get("interval"))
-        resumed_epoch_sums = pos.sums.get("epoch")
-        timed = 0
-        benchmark = self.meter is not None
-        if cfg.max_steps is not None and pos.step >= cfg.max_steps:
-            stop_reason = "max_steps"
-        while stop_reason is None and (pos.epoch < cfg.epochs or benchmark):
-            epoch_sums = _Running()
-            if resumed_epoch_sums and pos.batch:
-                epoch_sums.load(resumed_epoch_sums)
-            resumed_epoch_sums = None
-            self.sampler.set_epoch(pos.epoch, skip=pos.batch * self.loader.batch_size)
-            batches_in_epoch = pos.batch + len(self.loader)
-            if batches_in_epoch == 0:
-                raise ConfigError("the training data yields no batch: lower --batch_size or use more data")
-            step_items, step_started = 0, False
-            for batch in progress(self.loader, desc=f"epoch {pos.epoch}", total=len(self.loader),
-                                  enabled=cfg.progress):
-                seed_step(cfg.seed, cfg.seed_rank, pos.epoch, pos.batch)
-                last_of_epoch = pos.batch + 1 == batches_in_epoch
-                boundary = (pos.batch + 1) % cfg.accumulate == 0 or last_of_epoch
-                if benchmark and not step_started:
-                    self.meter.start()
-                    step_started = True
-                sync = self.no_sync() if (self.no_sync is not None and not boundary) else contextlib.nullcontext()
-                with sync:
-                    out = self.forward_backward(batch, 1.0 / cfg.accumulate)
-                self._count_nonfinite(out["loss"])
-                interval.add(out)
-                epoch_sums.add(out)
-                items = self.batch_items(batch) * cfg.replicas
-                interval_items += items
-                step_items += items
-                pos = replace(pos, batch=pos.batch + 1)
-                if not boundary:
-                    continue
-                step_out = self.optimizer_step() or {}
-                pos = replace(pos, step=pos.step + 1)
-                if pos.step == position.step + 1:           # from the second step on (the first warms up)
-                    stack.enter_context(cuda_sync_debug(get_device()))
-                if benchmark:
-                    self.meter.stop(step_items)
-                    step_started, step_items = False, 0
-                    timed += 1
-                    if timed >= self.meter.warmup_steps + cfg.benchmark_steps:
-                        stop_reason = "benchmark"
-                        break
-                    continue
-                if pos.step % cfg.log_interval == 0:
-                    self._check_finite(pos)
-                    now = time.time()
-                    data = {f"train_{k}": v for k, v in interval.means().items()}
-                    with expected_sync("step metrics for the log"):
-                        data.update({k: float(v) for k, v in step_out.items()})
-                    data["lr"] = self.lr()
-                    data["train_throughput"] = interval_items / max(now - last_log_time, 1e-9)
-                    self.logger.log((pos.epoch, pos.step), data)
-                    last_log_time, interval_items = now, 0
-                    if self._out_of_time(started):
-                        stop_reason = "max_minutes"
-                if cfg.max_steps is not None and pos.step >= cfg.max_steps:
-                    stop_reason = "max_steps"
-                if stop_reason is not None:
-                    break
-                if cfg.ckpt_steps and pos.step % cfg.ckpt_steps == 0 and not last_of_epoch:
-                    self._save(pos, interval, epoch_sums, interval_items)
-            if benchmark:
-                if stop_reason is None:
-                    pos = Position(pos.epoch + 1, 0, pos.step)
+    def _start(self, position: Position, stack: contextlib.ExitStack) -> "_Run":
+        """The run's state at ``position``, with the interrupted log interval's sums restored."""
+        now = time.time()
+        self._checked_step = position.step
+        interval = _Running()
+        interval.load(position.sums.get("interval"))
+        run = _Run(start=position, pos=position, stack=stack, started=now, last_log_time=now, interval=interval,
+                   interval_items=int(position.sums.get("interval_items", 0)),
+                   resumed_epoch_sums=position.sums.get("epoch"))
+        if self.config.max_steps is not None and position.step >= self.config.max_steps:
+            run.stop_reason = "max_steps"
+        return run
+
+    def _train_epoch(self, run: "_Run") -> Tuple["_Running", int]:
+        """Train on the epoch's remaining batches until it ends or the run stops.
+
+        Returns the epoch's metric sums and its number of batches."""
+        cfg, benchmark = self.config, self.meter is not None
+        epoch_sums = _Running()
+        if run.resumed_epoch_sums and run.pos.batch:
+            epoch_sums.load(run.resumed_epoch_sums)
+        run.resumed_epoch_sums = None
+        self.sampler.set_epoch(run.pos.epoch, skip=run.pos.batch * self.loader.batch_size)
+        batches_in_epoch = run.pos.batch + len(self.loader)
+        if batches_in_epoch == 0:
+            raise ConfigError("the training data yields no batch: lower --batch_size or use more data")
+        step_items, step_started = 0, False
+        for batch in progress(self.loader, desc=f"epoch {run.pos.epoch}", total=len(self.loader),
+                              enabled=cfg.progress):
+            seed_step(cfg.seed, cfg.seed_rank, run.pos.epoch, run.pos.batch)
+            last_of_epoch = run.pos.batch + 1 == batches_in_epoch
+            boundary = (run.pos.batch + 1) % cfg.accumulate == 0 or last_of_epoch
+            if benchmark and not step_started:
+                self.meter.start()
+                step_started = True
+            step_items += self._train_batch(run, batch, epoch_sums, boundary)
+            if not boundary:
                 continue
-            epoch_done = pos.batch >= batches_in_epoch
-            # a mid-epoch stop logs no partial epoch mean: the sums travel in the checkpoint instead
-            train_metrics = {f"train_{k}": v for k, v in epoch_sums.means().items()} if epoch_done else {}
-            if epoch_done:
-                self._check_finite(pos)
-                if self.end_epoch is not None:
-                    self.end_epoch(pos.epoch)
-                pos = Position(pos.epoch + 1, 0, pos.step)
-                if stop_reason is None and self._out_of_time(started):
-                    stop_reason = "max_minutes"
-            finishing = stop_reason is not None or pos.epoch >= cfg.epochs
-            metrics = dict(train_metrics)
-            due_eval = epoch_done and cfg.eval_interval > 0 and pos.epoch % cfg.eval_interval == 0
-            if self.evaluate is not None and (due_eval or finishing):
-                metrics.update(self.evaluate(pos.epoch - 1 if epoch_done else pos.epoch, due_eval))
-            if metrics:
-                self.logger.log((pos.epoch - 1 if epoch_done else pos.epoch,), metrics)
-            result.update(metrics)
-            due_save = epoch_done and ((cfg.ckpt_interval > 0 and pos.epoch % cfg.ckpt_interval == 0)
-                                       or (cfg.ckpt_steps > 0 and pos.step % cfg.ckpt_steps == 0))
-            if due_save or finishing:
-                self._save(pos, interval, epoch_sums, interval_items)
-        stop_reason = stop_reason or "epochs"
-        summary = {"epochs": pos.epoch, "steps": pos.step, "minutes": (time.time() - started) / 60.0,
-                   "stop_reason": stop_reason}
-        if benchmark:
+            step_out = self._optimizer_step(run)
+            if benchmark:
+                self.meter.stop(step_items)
+                step_started, step_items = False, 0
+                run.timed += 1
+                if run.timed >= self.meter.warmup_steps + cfg.benchmark_steps:
+                    run.stop_reason = "benchmark"
+                    break
+                continue
+            self._after_step(run, step_out, epoch_sums, last_of_epoch)
+            if run.stop_reason is not None:
+                break
+        return epoch_sums, batches_in_epoch
+
+    def _train_batch(self, run: "_Run", batch, epoch_sums: "_Running", boundary: bool) -> int:
+        """Forward and backward one batch (DDP all-reduces only at a step ``boundary``); returns its items."""
+        cfg = self.config
+        sync = self.no_sync() if (self.no_sync is not None and not boundary) else contextlib.nullcontext()
+        with sync:
+            out = self.forward_backward(batch, 1.0 / cfg.accumulate, run.pos)
+        self._count_nonfinite(out["loss"])
+        run.interval.add(out)
+        epoch_sums.add(out)
+        items = self.batch_items(batch) * cfg.replicas
+        run.interval_items += items
+        run.pos = replace(run.pos, batch=run.pos.batch + 1)
+        return items
+
+    def _optimizer_step(self, run: "_Run") -> Dict[str, torch.Tensor]:
+        """One optimizer step; sync debugging starts after the run's first (warm-up) step."""
+        step_out = self.optimizer_step(run.pos) or {}
+        run.pos = replace(run.pos, step=run.pos.step + 1)
+        if run.pos.step == run.start.step + 1:
+            run.stack.enter_context(cuda_sync_debug(get_device()))
+        return step_out
+
+    def _after_step(self, run: "_Run", step_out: Dict[str, torch.Tensor], epoch_sums: "_Running",
+                    last_of_epoch: bool) -> None:
+        """Log when due, check the limits and, unless the run stops here, save a mid-epoch checkpoint."""
+        cfg = self.config
+        if run.pos.step % cfg.log_interval == 0:
+            self._log_interval(run, step_out)
+        if cfg.max_steps is not None and run.pos.step >= cfg.max_steps:
+            run.stop_reason = "max_steps"
+        if run.stop_reason is None and cfg.ckpt_steps and run.pos.step % cfg.ckpt_steps == 0 \
+                and not last_of_epoch:
+            self._save(run.pos, run.interval, epoch_sums, run.interval_items)
+
+    def _log_interval(self, run: "_Run", step_out: Dict[str, torch.Tensor]) -> None:
+        """Log the interval's means, the step's metrics, ``lr`` and throughput; then check the time limit."""
+        self._check_finite(run.pos)
+        now = time.time()
+        data = {f"train_{k}": v for k, v in run.interval.means().items()}
+        with expected_sync("step metrics for the log"):
+            data.update({k: float(v) for k, v in step_out.items()})
+        data["lr"] = self.lr()
+        data["train_throughput"] = run.interval_items / max(now - run.last_log_time, 1e-9)
+        self.logger.log((run.pos.epoch, run.pos.step), data)
+        run.last_log_time, run.interval_items = now, 0
+        if self._out_of_time(run.started):
+            run.stop_reason = "max_minutes"
+
+    def _close_epoch(self, run: "_Run", epoch_sums: "_Running", batches_in_epoch: int) -> Dict[str, float]:
+        """After the epoch's batches or a stop among them: end the epoch if it is complete, then
+        evaluate, log and save as due. Returns the logged epoch metrics."""
+        cfg = self.config
+        epoch_done = run.pos.batch >= batches_in_epoch
+        # a mid-epoch stop logs no partial epoch mean: the sums travel in the checkpoint instead
+        metrics = {f"train_{k}": v for k, v in epoch_sums.means().items()} if epoch_done else {}
+        if epoch_done:
+            self._check_finite(run.pos)
+            if self.end_epoch is not None:
+                self.end_epoch(run.pos)
+            run.pos = Position(run.pos.epoch + 1, 0, run.pos.step)
+            if run.stop_reason is None and self._out_of_time(run.started):
+                run.stop_reason = "max_minutes"
+        pos = run.pos
+        epoch = pos.epoch - 1 if epoch_done else pos.epoch
+        finishing = run.stop_reason is not None or pos.epoch >= cfg.epochs
+        due_eval = epoch_done and cfg.eval_interval > 0 and pos.epoch % cfg.eval_interval == 0
+        if self.evaluate is not None and (due_eval or finishing):
+            metrics.update(self.evaluate(epoch, due_eval))
+        if metrics:
+            self.logger.log((epoch,), metrics)
+        due_save = epoch_done and ((cfg.ckpt_interval > 0 and pos.epoch % cfg.ckpt_interval == 0)
+                                   or (cfg.ckpt_steps > 0 and pos.step % cfg.ckpt_steps == 0))
+        if due_save or finishing:
+            self._save(pos, run.interval, epoch_sums, run.interval_items)
+        return metrics
+
+    def _finish(self, run: "_Run", result: Dict[str, Any]) -> Dict[str, Any]:
+        """Log the benchmark and the run's summary; return it with the metrics and the position."""
+        summary = {"epochs": run.pos.epoch, "steps": run.pos.step, "minutes": (time.time() - run.started) / 60.0,
+                   "stop_reason": run.stop_reason or "epochs"}
+        if self.meter is not None:
             self.meter.log(self.logger, prefix="train")
         self.logger.log((), summary)
         result.update(summary)
-        result["position"] = pos
+        result["position"] = run.pos
         return result
+
+
+@dataclass
+class _Run:
+    """The mutable state of one :meth:`TrainLoop.run`."""
+
+    start: Position                          # where the run began
+    pos: Position                            # where it is now
+    stack: contextlib.ExitStack              # holds the sync debug mode until the run ends
+    started: float                           # time.time() at the start (max_minutes)
+    last_log_time: float                     # throughput of the log interval
+    interval: _Running                       # metric sums of the log interval
+    interval_items: int                      # items of the log interval
+    resumed_epoch_sums: Optional[Mapping[str, Any]] = None   # the interrupted epoch's sums, until loaded
+    stop_reason: Optional[str] = None
+    timed: int = 0                           # benchmark: optimizer steps timed (warm-up included)

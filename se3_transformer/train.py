@@ -210,10 +210,9 @@ def _train(args, env, device, config, meta, state, resuming, logger, save_path: 
         logger.log((), {"resumed_from": args.load_ckpt_path})
 
     # ---- what the loop calls ----
-    where = {"epoch": position.epoch, "step": position.step}
     last_eval = {}
 
-    def forward_backward(batch, loss_scale: float):
+    def forward_backward(batch, loss_scale: float, pos: Position):
         batch = batch.to(device, non_blocking=True)
         with precision.autocast():
             pred = train_model(batch.graph, batch.basis)
@@ -221,16 +220,14 @@ def _train(args, env, device, config, meta, state, resuming, logger, save_path: 
         precision.backward(loss * loss_scale)
         return {"loss": loss.detach()}
 
-    def optimizer_step():
+    def optimizer_step(pos: Position):
         norm = precision.step(optimizer, clip_norm=args.gradient_clip)
         optimizer.zero_grad(set_to_none=True)
-        where["step"] += 1
-        schedule.apply(where["epoch"], where["step"])
+        schedule.apply(pos.epoch, pos.step + 1)       # the next step's rate
         return None if norm is None else {"grad_norm": norm}
 
-    def end_epoch(epoch: int) -> None:
-        where["epoch"] = epoch + 1
-        schedule.apply(where["epoch"], where["step"])
+    def end_epoch(pos: Position) -> None:
+        schedule.apply(pos.epoch + 1, pos.step)
 
     def evaluate(epoch: int, scheduled: bool):
         result = evaluate_split(eval_model, val_loader, scaler, precision, device)

@@ -35,26 +35,24 @@ class _Recipe:
         self.sched = make_scheduler("cosine", self.opt, warmup_steps=2, total_steps=40)
         self.path = os.path.join(tmp, "ckpt.pt")
         self.nan_at_step = nan_at_step
-        self.steps = 0
         self.dataset = _dataset()
         self.sampler = EpochSampler(len(self.dataset), shuffle=True, seed=5, num_replicas=world, rank=rank)
         self.loader = make_loader(self.dataset, 4, self.sampler)
 
-    def forward_backward(self, batch, scale):
+    def forward_backward(self, batch, scale, position):
         x, y = batch
         x = x + 0.05 * torch.randn_like(x)  # "dequantisation" noise from the global RNG
         loss = (self.ddp(x) - y).pow(2).mean()
-        if self.nan_at_step is not None and self.steps >= self.nan_at_step:
+        if self.nan_at_step is not None and position.step >= self.nan_at_step:
             loss = loss * float("nan")
         (loss * scale).backward()
         return {"loss": loss.detach()}
 
-    def optimizer_step(self):
+    def optimizer_step(self, position):
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
-        self.steps += 1
         return {"grad_norm": norm}
 
     def save(self, pos):
@@ -93,6 +91,26 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path, stop):
     assert losses_b == losses_a  # every interval and epoch mean, the interrupted epoch's included
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), f"{name} differs after resume"
+
+
+def test_callbacks_receive_the_position_of_a_resumed_run(tmp_path):
+    """10 batches an epoch, a step every 3 and at the epoch end; resumed after batch 6 and step 2."""
+    recipe = _Recipe(str(tmp_path))
+    seen = {"forward_backward": [], "optimizer_step": [], "end_epoch": []}
+    forward_backward, optimizer_step = recipe.forward_backward, recipe.optimizer_step
+
+    def record(name, pos):
+        seen[name].append((pos.epoch, pos.batch, pos.step))
+
+    recipe.forward_backward = lambda b, s, pos: (record("forward_backward", pos), forward_backward(b, s, pos))[1]
+    recipe.optimizer_step = lambda pos: (record("optimizer_step", pos), optimizer_step(pos))[1]
+    loop = recipe.loop(setup_logger(None, silent=True, stdout=False), epochs=2, accumulate=3)
+    loop.end_epoch = lambda pos: record("end_epoch", pos)
+    loop.run(Position(0, 6, 2))
+    assert seen["forward_backward"] == [(0, 6, 2), (0, 7, 2), (0, 8, 2), (0, 9, 3)] + \
+        [(1, b, 4 + b // 3) for b in range(10)]
+    assert seen["optimizer_step"] == [(0, 9, 2), (0, 10, 3), (1, 3, 4), (1, 6, 5), (1, 9, 6), (1, 10, 7)]
+    assert seen["end_epoch"] == [(0, 10, 4), (1, 10, 8)]
 
 
 def test_skipped_batches_are_never_loaded(tmp_path):
@@ -137,8 +155,8 @@ def test_one_nonfinite_batch_among_many_ranks_is_counted(tmp_path, monkeypatch, 
     recipe = _Recipe(str(tmp_path))
     calls, plain = [], recipe.forward_backward
 
-    def forward_backward(batch, scale):              # the third batch's loss (only) is NaN
-        out = plain(batch, scale)
+    def forward_backward(batch, scale, position):    # the third batch's loss (only) is NaN
+        out = plain(batch, scale, position)
         calls.append(1)
         return {"loss": out["loss"] * float("nan")} if len(calls) == 3 else out
 
