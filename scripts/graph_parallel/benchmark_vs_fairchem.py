@@ -30,7 +30,7 @@ sys.path.append(ROOT)
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # scripts/: the shared harness
 import bench_harness as harness  # noqa: E402
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from benchmark_vs_pyg import interleaved_steps  # noqa: E402  (the rounds and peak RSS, as for PyG)
+from benchmark_vs_pyg import interleaved_steps, s2ef_train_step  # noqa: E402  (the rounds and peak RSS, as for PyG)
 
 SIZES = {   # the OC20 GemNet-T/dT sizes (= our "base" preset) and a tiny one for smoke runs
     "base": dict(num_spherical=7, num_radial=128, num_blocks=3, emb_size_atom=512, emb_size_edge=512,
@@ -129,14 +129,7 @@ def train_steps(data, theirs, batch, part, ours):
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
-        def step(ef=ef, opt=opt):
-            energy, forces = ef()
-            loss = (energy - batch.energy).pow(2).mean() + (forces - batch.forces).pow(2).sum(-1).mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
-        steps[name] = step
+        steps[name] = lambda ef=ef, opt=opt: s2ef_train_step(ef, opt, batch)
     return steps
 
 

@@ -67,6 +67,16 @@ def _reset_hwm() -> None:
         pass
 
 
+def s2ef_train_step(energy_forces, optimizer, batch):
+    """One plain training step of any library's model: energy and force MSE, backward, optimizer step."""
+    energy, forces = energy_forces()
+    loss = (energy - batch.energy).pow(2).mean() + (forces - batch.forces).pow(2).sum(-1).mean()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def interleaved_steps(fns, warmup: int, rounds: int):
     """Per name of the two steps in ``fns``: (wall s, CPU s) of each timed call, the peak RSS (MB) and its peak
     growth over the RSS before the call. One call of each per round, the order alternating by round."""
@@ -185,14 +195,7 @@ def steps(args, batch, part, ours, pyg, phase):
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        def train(n=name, opt=opt):
-            energy, forces = energy_forces(n, True)
-            loss = (energy - batch.energy).pow(2).mean() + (forces - batch.forces).pow(2).sum(-1).mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
-        out[name] = train
+        out[name] = lambda n=name, opt=opt: s2ef_train_step(lambda: energy_forces(n, True), opt, batch)
     return out
 
 
