@@ -14,13 +14,17 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from runtime.devicecheck import expected_sync
+
 PERCENTILES = (50, 90, 95, 99)
 
 
 def synchronize(device) -> None:
+    """Wait for the device (benchmark timing): an intended sync, allowed under MOLRECIPES_SYNC_DEBUG."""
     device = torch.device(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        with expected_sync("benchmark timing"):
+            torch.cuda.synchronize(device)
 
 
 def peak_memory_mb(device) -> float:
