@@ -196,7 +196,7 @@ def _dispatch(func, args, kwargs):
     target = kwargs.get("device")
 
     if func in (aten._to_copy.default, aten.copy_.default, aten._copy_from.default):
-        return _move(func, args, kwargs, uargs, ukwargs, target, inputs)
+        return _move(func, args, kwargs, uargs, ukwargs, target)
     if _on_device(target):                                   # a factory (zeros, arange, ...) on the device
         ukwargs = {**ukwargs, "device": torch.device("cpu")}
         return _wrap(func(*uargs, **ukwargs), {})
@@ -217,7 +217,7 @@ def _dispatch(func, args, kwargs):
     return _wrap(out, inputs) if device_args else out
 
 
-def _move(func, args, kwargs, uargs, ukwargs, target, inputs):
+def _move(func, args, kwargs, uargs, ukwargs, target):
     if func is aten._to_copy.default:
         src = args[0]
         to_device = _on_device(target) or (target is None and isinstance(src, DeviceTensor))
@@ -228,7 +228,8 @@ def _move(func, args, kwargs, uargs, ukwargs, target, inputs):
         if isinstance(src, DeviceTensor):
             _record("read", "to(cpu)")
         return func(*uargs, **ukwargs)
-    dst, src = args[0], args[1]
+    # copy_(dst, src, non_blocking); _copy_from(src, dst, non_blocking)
+    dst, src = (args[1], args[0]) if func is aten._copy_from.default else (args[0], args[1])
     if isinstance(src, DeviceTensor) and not isinstance(dst, DeviceTensor):
         _record("read", "copy to the host")
     elif isinstance(dst, DeviceTensor) and not isinstance(src, DeviceTensor):
