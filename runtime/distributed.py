@@ -87,11 +87,9 @@ def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] =
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    if device == "cuda" and not use_cuda:
-        from runtime.errors import ConfigError
+    from runtime.cli import device_type          # the one --device rule (cuda without CUDA: a ConfigError)
 
-        raise ConfigError("--device cuda but no CUDA device is visible (torch.cuda.is_available() is False)")
+    use_cuda = device_type(device) == "cuda"
     share = os.environ.get(SHARE_GPU_ENV) == "1"
     if use_cuda:
         if local_rank >= torch.cuda.device_count() and not share:
