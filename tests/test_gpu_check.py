@@ -34,3 +34,21 @@ def test_gpu_check_dry_run_writes_a_summary(tmp_path):
     assert {(recipe, phase, variant) for recipe in ("moflow", "se3_transformer", "graph_parallel")
             for phase, variant in (("resume", "fp32"), ("resume", "check"), ("evaluate", "fp32"),
                                    ("predict", "fp32"))} <= ran             # their CPU plumbing runs here
+
+
+def test_quick_and_share_gpu_plans():
+    """--quick: 3 warm-up + 10 timed steps and one --compile row; the two-rank rows run only with --share_gpu."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_check import plan
+
+    quick = plan("/tmp/out", dry=False, gpus=1, quick=True).rows
+    compiles = [r for r in quick if "compile" in r.variant]
+    assert len(compiles) > 1 and [r.status for r in compiles].count("pending") == 1
+    bench = [r for r in quick if "--benchmark" in r.command and r.status == "pending"]
+    assert bench and all("--benchmark_warmup 3 --benchmark_steps 10" in r.command for r in bench)
+    shared = [r for r in quick if "MOLRECIPES_SHARE_GPU=1" in r.command]
+    assert len(shared) == 6 and all(r.note == "opt-in: --share_gpu" for r in shared)
+    assert all(r.status == "pending" for r in plan("/tmp/out", False, 1, share_gpu=True).rows
+               if "MOLRECIPES_SHARE_GPU=1" in r.command)
