@@ -42,10 +42,10 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from runtime.errors import ConfigError, DataError, MissingFileError, run_main
 
-from .checkpoints import model_from_checkpoint
-from .data.batch import S2EFBatch
-from .models import model_graph, predict
-from .parallel import partition_graph
+from graph_parallel.checkpoints import model_from_checkpoint
+from graph_parallel.data.batch import S2EFBatch
+from graph_parallel.models import model_graph, predict
+from graph_parallel.parallel import partition_graph
 
 
 class GraphParallelCalculator(Calculator):
@@ -55,7 +55,7 @@ class GraphParallelCalculator(Calculator):
 
     def __init__(self, checkpoint_path: str, device="cpu", dtype: Optional[torch.dtype] = None, use_ema: bool = True,
                  symmetric_edges: Optional[str] = None, **kwargs):
-        from .engine import choose_edges
+        from graph_parallel.engine import choose_edges
 
         super().__init__(**kwargs)
         self.device = torch.device(device)
@@ -113,7 +113,7 @@ UNITS = {"energy": ("eV", ":.6f"), "fmax": ("eV/A", ":.4f")}
 def build_parser():
     from runtime.cli import ArgumentParser, add_bool, positive_float
 
-    from .engine import RESULTS_DIR, add_edges_arg
+    from graph_parallel.engine import RESULTS_DIR, add_edges_arg
 
     parser = ArgumentParser(prog="python -m graph_parallel.calculator", description=__doc__.split("\n\n")[0])
     parser.add_argument("--load_ckpt_path", required=True,
@@ -191,8 +191,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from runtime.io import ensure_writable_dir
     from runtime.logging import setup_logger
 
-    from .engine import RECIPE
-    from .predict import write_npz
+    from graph_parallel.engine import RECIPE
+    from graph_parallel.predict import write_npz
 
     args = build_parser().parse_args(argv)
     if args.max_steps < 0:

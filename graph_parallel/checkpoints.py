@@ -23,7 +23,7 @@ from torch import nn
 from runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from runtime.errors import CheckpointError
 
-from .models import MODELS, model_from_config
+from graph_parallel.models import MODELS, model_from_config
 
 RECIPE = "graph_parallel"
 

@@ -50,8 +50,8 @@ from torch import Tensor, nn
 from runtime.errors import CheckpointError, ConfigError, MissingFileError, run_main
 from runtime.io import sha256_of
 
-from .checkpoints import write_model_checkpoint
-from .models import DimeNetPP, DimeNetPPConfig, GemNetConfig, GemNetT
+from graph_parallel.checkpoints import write_model_checkpoint
+from graph_parallel.models import DimeNetPP, DimeNetPPConfig, GemNetConfig, GemNetT
 
 __all__ = ["load_foreign", "dimenetpp_from_state_dict", "gemnet_from_fairchem", "convert_fairchem", "Converted",
            "main"]

@@ -25,7 +25,8 @@ from runtime.distributed import is_main_process, shutdown
 from runtime.errors import run_main
 from runtime.logging import logger_from_args
 
-from .engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, evaluate_split, world_info
+from graph_parallel.engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, evaluate_split, \
+    world_info
 
 
 def build_parser():

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Tuple
 from runtime.errors import ConfigError, MissingFileError
 from runtime.optim import OPTIMIZERS
 
-from .convert import FAIRCHEM_NAMES
+from graph_parallel.convert import FAIRCHEM_NAMES
 
 # model field -> train flag
 MODEL_FLAGS = {"cutoff": "cutoff", "max_neighbors": "max_neighbors", "scale_file": "scale_file"}

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .data.batch import S2EFBatch
+from graph_parallel.data.batch import S2EFBatch
 
 NUM_ELEMENTS = 101          # atomic numbers 0..100 (0 unused)
 

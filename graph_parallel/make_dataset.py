@@ -20,7 +20,7 @@ import numpy as np
 from runtime.cli import ArgumentParser, positive_int
 from runtime.errors import ConfigError, run_main
 
-from .data import frame_from_atoms, write_lmdb
+from graph_parallel.data import frame_from_atoms, write_lmdb
 
 METALS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
 ADSORBATES = ("H", "O", "N", "C", "OH", "CO", "NH", "CH", "NO", "NH2", "CH3", "H2O")

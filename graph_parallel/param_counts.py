@@ -10,7 +10,7 @@ from typing import List, Optional
 from runtime.cli import ArgumentParser
 from runtime.errors import ConfigError, run_main
 
-from .models import MODELS, build_model, count_parameters
+from graph_parallel.models import MODELS, build_model, count_parameters
 
 # figures quoted by the paper / OC20 for the presets that have one
 PAPER = {("dimenetpp", "base"): "1.8M (OC20 DimeNet++)", ("dimenetpp", "xl"): "~240M (DimeNet++-XL)",

@@ -40,7 +40,7 @@ from runtime.errors import run_main
 from runtime.io import atomic_write, ensure_writable_dir
 from runtime.logging import logger_from_args
 
-from .engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, forward, world_info
+from graph_parallel.engine import RECIPE, InferenceRun, benchmark_inference, build_inference_parser, forward, world_info
 
 KEYS = ("index", "sid", "fid", "natoms", "energy", "forces", "energy_target", "forces_target")
 

@@ -215,8 +215,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.fairchem_config:
-        from .engine import EMBEDDED
-        from .fairchem_config import fairchem_defaults
+        from graph_parallel.engine import EMBEDDED
+        from graph_parallel.fairchem_config import fairchem_defaults
 
         parser.set_defaults(**fairchem_defaults(args.fairchem_config, dataset_given=args.dataset != EMBEDDED))
         args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from runtime.errors import DataError, MissingFileError
 
-from .records import frame_to_tensors, validate_frame
+from graph_parallel.data.records import frame_to_tensors, validate_frame
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # ase is imported where it is used: importing ase.constraints costs ~1 s, once per process of every run.

@@ -34,8 +34,8 @@ from torch.utils.data import Dataset
 
 from runtime.errors import DataError
 
-from .lmdb_files import list_files, open_lmdb
-from .records import REBUILD_HINT, frame_to_tensors, validate_frame
+from graph_parallel.data.lmdb_files import list_files, open_lmdb
+from graph_parallel.data.records import REBUILD_HINT, frame_to_tensors, validate_frame
 
 
 

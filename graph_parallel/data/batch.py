@@ -21,8 +21,8 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from torch import Tensor
 
-from ..parallel.partition import INDEX_TENSORS, GraphPartition, partition_graph
-from .radius_graph import structure_graph
+from graph_parallel.parallel.partition import INDEX_TENSORS, GraphPartition, partition_graph
+from graph_parallel.data.radius_graph import structure_graph
 
 PARTITION_TENSORS = INDEX_TENSORS
 

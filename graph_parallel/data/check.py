@@ -14,7 +14,7 @@ import numpy as np
 
 from runtime.errors import run_main
 
-from .formats import detect_format, open_dataset
+from graph_parallel.data.formats import detect_format, open_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:

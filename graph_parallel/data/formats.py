@@ -22,11 +22,11 @@ import lmdb
 
 from runtime.errors import DataError, MissingFileError
 
-from .ase_db import AseDbDataset
-from .ase_lmdb import AseLmdbDataset
-from .lmdb_files import open_lmdb
-from .oc20_lmdb import LmdbDataset
-from .records import REBUILD_HINT
+from graph_parallel.data.ase_db import AseDbDataset
+from graph_parallel.data.ase_lmdb import AseLmdbDataset
+from graph_parallel.data.lmdb_files import open_lmdb
+from graph_parallel.data.oc20_lmdb import LmdbDataset
+from graph_parallel.data.records import REBUILD_HINT
 
 LMDB_SUFFIXES = (".lmdb", ".aselmdb")
 ASE_DB_SUFFIXES = (".db", ".json")

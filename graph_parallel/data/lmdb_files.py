@@ -27,7 +27,7 @@ import lmdb
 
 from runtime.errors import DataError, MissingFileError
 
-from .records import REBUILD_HINT
+from graph_parallel.data.records import REBUILD_HINT
 
 LMDB_MAGIC = 0xBEEFC0DE
 _MAGIC_OFFSET = 16            # after the 16-byte page header of meta page 0

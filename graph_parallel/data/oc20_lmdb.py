@@ -25,9 +25,9 @@ from torch.utils.data import Dataset
 
 from runtime.errors import DataError
 
-from .lmdb_files import list_files, open_lmdb
-from .records import FIELDS, REBUILD_HINT, frame_to_tensors, validate_frame
-from .safe_pickle import load_record
+from graph_parallel.data.lmdb_files import list_files, open_lmdb
+from graph_parallel.data.records import FIELDS, REBUILD_HINT, frame_to_tensors, validate_frame
+from graph_parallel.data.safe_pickle import load_record
 
 __all__ = ["FIELDS", "LmdbDataset", "write_lmdb", "validate_frame", "frame_to_tensors", "METADATA_KEYS"]
 

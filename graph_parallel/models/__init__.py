@@ -3,10 +3,10 @@ from dataclasses import replace
 
 from torch import nn
 
-from .common import count_parameters, edge_kind, he_orthogonal_, model_graph, predict
-from .dimenet_pp import PRESETS as DIMENETPP_PRESETS, DimeNetPP, DimeNetPPConfig
-from .gemnet import (PRESETS as GEMNET_PRESETS, GemNetConfig, GemNetT, fit_scale_factors, load_scale_file,
-                     save_scale_file, scale_factors_by_name)
+from graph_parallel.models.common import count_parameters, edge_kind, he_orthogonal_, model_graph, predict
+from graph_parallel.models.dimenet_pp import PRESETS as DIMENETPP_PRESETS, DimeNetPP, DimeNetPPConfig
+from graph_parallel.models.gemnet import (PRESETS as GEMNET_PRESETS, GemNetConfig, GemNetT, fit_scale_factors,
+                                          load_scale_file, save_scale_file, scale_factors_by_name)
 
 GEMNET_DT_PRESETS = {k: replace(v, direct_forces=True) for k, v in GEMNET_PRESETS.items()}
 MODELS = {"dimenetpp": (DimeNetPP, DIMENETPP_PRESETS), "gemnet_t": (GemNetT, GEMNET_PRESETS),

@@ -8,9 +8,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..data.batch import S2EFBatch
-from ..data.radius_graph import structure_graph
-from ..parallel import GraphPartition, all_reduce, gather
+from graph_parallel.data.batch import S2EFBatch
+from graph_parallel.data.radius_graph import structure_graph
+from graph_parallel.parallel import GraphPartition, all_reduce, gather
 
 
 def edge_vectors(pos: Tensor, batch: S2EFBatch, edges=None) -> Tuple[Tensor, Tensor]:

@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from runtime.graph import scatter_sum
 
-from ..data.batch import S2EFBatch
-from ..parallel import GraphPartition, gather
-from .basis import BesselBasis, SphericalBasis
-from .common import ResidualLayer, at_least_float32, edge_vectors, triplet_cosines
+from graph_parallel.data.batch import S2EFBatch
+from graph_parallel.parallel import GraphPartition, gather
+from graph_parallel.models.basis import BesselBasis, SphericalBasis
+from graph_parallel.models.common import ResidualLayer, at_least_float32, edge_vectors, triplet_cosines
 
 
 def triplet_sum(x_kj: Tensor, s_kji: Tensor, weight: Tensor, part: GraphPartition) -> Tensor:

@@ -39,10 +39,10 @@ from runtime.errors import ConfigError, DataError, MissingFileError
 from runtime.graph import scatter_sum
 from runtime.io import atomic_write
 
-from ..data.batch import S2EFBatch
-from ..parallel import GraphPartition, gather
-from .basis import GaussianBasis, real_sph_harm_m0
-from .common import at_least_float32, he_orthogonal_
+from graph_parallel.data.batch import S2EFBatch
+from graph_parallel.parallel import GraphPartition, gather
+from graph_parallel.models.basis import GaussianBasis, real_sph_harm_m0
+from graph_parallel.models.common import at_least_float32, he_orthogonal_
 
 INV_SQRT2 = 1 / math.sqrt(2.0)
 

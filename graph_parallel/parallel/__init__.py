@@ -16,9 +16,9 @@ import torch
 
 from runtime.distributed import all_reduce_mean, get_world_size
 
-from .collectives import all_reduce, gather, group_rank_and_size, reduce_scatter, split
-from .partition import (GraphPartition, even_split, incoming_triplets, partition_graph, reverse_edges,
-                        shared_target_triplets)
+from graph_parallel.parallel.collectives import all_reduce, gather, group_rank_and_size, reduce_scatter, split
+from graph_parallel.parallel.partition import (GraphPartition, even_split, incoming_triplets, partition_graph,
+                                               reverse_edges, shared_target_triplets)
 
 
 def sync_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
