@@ -29,7 +29,8 @@ from runtime.graph import scatter_sum
 from graph_parallel.data.batch import S2EFBatch
 from graph_parallel.parallel import GraphPartition, gather
 from graph_parallel.models.basis import BesselBasis, SphericalBasis
-from graph_parallel.models.common import ResidualLayer, at_least_float32, edge_vectors, triplet_cosines
+from graph_parallel.models.common import (FusedSiLU, ResidualLayer, at_least_float32, edge_vectors,
+                                          pair_linear, parallel_linear, triplet_cosines)
 
 
 def triplet_sum(x_kj: Tensor, s_kji: Tensor, weight: Tensor, part: GraphPartition) -> Tensor:
@@ -86,9 +87,8 @@ class EmbeddingBlock(nn.Module):
         self.act = act
 
     def forward(self, z: Tensor, rbf: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
-        h = self.emb(z - 1)
-        return self.act(self.lin(torch.cat([h.index_select(0, tgt), h.index_select(0, src),
-                                            self.act(self.lin_rbf(rbf))], dim=-1)))
+        # lin([h_tgt, h_src, act(lin_rbf(rbf))]) with the atom parts projected per atom, then gathered
+        return self.act(pair_linear(self.emb(z - 1), tgt, src, self.act(self.lin_rbf(rbf)), self.lin))
 
 
 class InteractionPPBlock(nn.Module):
@@ -110,8 +110,8 @@ class InteractionPPBlock(nn.Module):
     def forward(self, m: Tensor, rbf: Tensor, sbf_down: Tensor, part: GraphPartition, group) -> Tensor:
         """``sbf_down`` [T_local, basis_emb]: this block's ``lin_sbf1`` of the spherical basis (computed
         for all blocks in one matmul by :class:`DimeNetPP`)."""
-        x_ji = self.act(self.lin_ji(m))
-        x_kj = self.act(self.lin_kj(m)) * self.lin_rbf2(self.lin_rbf1(rbf))
+        x_ji, x_kj = parallel_linear(m, self.lin_ji, self.lin_kj, act=self.act)      # one [E, h] x [h, 2h] GEMM
+        x_kj = x_kj * self.lin_rbf2(self.lin_rbf1(rbf))
         x_kj = self.act(self.lin_down(x_kj))                                # [E_local, int_emb]
         x_kj = gather(x_kj, part.edge_sizes, group)                          # [E, int_emb]: all edges
         x_kj = triplet_sum(x_kj, sbf_down, self.lin_sbf2.weight, part)       # [E_local, int_emb]
@@ -153,7 +153,7 @@ class DimeNetPP(nn.Module):
     def __init__(self, cfg: DimeNetPPConfig = DimeNetPPConfig()):
         super().__init__()
         self.cfg = cfg
-        act = nn.SiLU()
+        act = FusedSiLU()       # silu with fused first and second derivatives (forces are trained through it)
         self.rbf = BesselBasis(cfg.num_radial, cfg.cutoff, cfg.envelope_exponent)
         self.sbf = SphericalBasis(cfg.num_spherical, cfg.num_radial, cfg.cutoff, cfg.envelope_exponent)
         self.embedding = EmbeddingBlock(cfg, act)
