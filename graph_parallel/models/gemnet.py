@@ -42,7 +42,7 @@ from runtime.io import atomic_write
 from graph_parallel.data.batch import S2EFBatch
 from graph_parallel.parallel import GraphPartition, gather
 from graph_parallel.models.basis import GaussianBasis, real_sph_harm_m0
-from graph_parallel.models.common import FusedSiLU, at_least_float32, he_orthogonal_, pair_linear, parallel_linear
+from graph_parallel.models.common import FusedSiLU, at_least_float32, he_orthogonal_, pair_linear
 
 INV_SQRT2 = 1 / math.sqrt(2.0)
 
@@ -219,15 +219,14 @@ class TripletInteraction(nn.Module):
         self.up_projection_ca = Dense(cfg.emb_size_bil_trip, e)
         self.up_projection_ac = Dense(cfg.emb_size_bil_trip, e)
 
-    def forward(self, x_ba, rbf3, rbf_w, sph, part: GraphPartition, kmax: int, group):
-        """``x_ba`` = ``dense_ba(m)``, computed by the caller (one GEMM with the block's ``dense_ca``)."""
+    def forward(self, m, rbf3, rbf_w, sph, part: GraphPartition, kmax: int, group):
+        x_ba = self.dense_ba(m)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(rbf3), x_ba)
         x_ba = self.down_projection(x_ba).index_select(0, part.id3_ba_local)                       # [T_local, trip]
         x = self.bilinear(rbf_w, sph, x_ba, part.id3_ca_local, part.id3_ragged, kmax)
         x = self.scale_cbf_sum(x, x_ba)
-        x_ca, x_ac = parallel_linear(x, self.up_projection_ca.linear, self.up_projection_ac.linear,
-                                     act=self.up_projection_ca.act)
-        x_ac = gather(x_ac, part.edge_sizes, group).index_select(0, part.id_swap)                # reverse edges
+        x_ca = self.up_projection_ca(x)
+        x_ac = gather(self.up_projection_ac(x), part.edge_sizes, group).index_select(0, part.id_swap)   # reverse edges
         return (x_ca + x_ac) * INV_SQRT2
 
 
@@ -244,9 +243,7 @@ class InteractionBlock(nn.Module):
         self.residual_m = nn.Sequential(*(Residual(e) for _ in range(cfg.num_concat)))
 
     def forward(self, h_local, m, rbf3, rbf_w, sph, rbf_h, src, tgt, part, kmax, group):
-        # dense_ca and the triplet's dense_ba read the same m: one [E, e] x [e, 2e] GEMM
-        x_ca, x_ba = parallel_linear(m, self.dense_ca.linear, self.triplet.dense_ba.linear, act=self.dense_ca.act)
-        x = (x_ca + self.triplet(x_ba, rbf3, rbf_w, sph, part, kmax, group)) * INV_SQRT2
+        x = (self.dense_ca(m) + self.triplet(m, rbf3, rbf_w, sph, part, kmax, group)) * INV_SQRT2
         m = (m + self.before_skip(x)) * INV_SQRT2
         m = self.after_skip(m)
         h_local = (h_local + self.atom_update(m, rbf_h, tgt - part.atom_start, part.num_local_atoms)) * INV_SQRT2
@@ -319,8 +316,7 @@ class GemNetT(nn.Module):
         sph = sph_t.new_zeros(part.num_local_edges, kmax, self.cfg.num_spherical)
         sph = sph.index_put((part.id3_ca_local, part.id3_ragged), sph_t).transpose(1, 2)   # [E, S, K]
         rbf_w = torch.einsum("er,srk->eks", self.radial_cbf(dist), self.mlp_cbf3)          # [E, cbf, S]
-        rbf3, rbf_h, rbf_out = parallel_linear(rbf, self.mlp_rbf3.linear, self.mlp_rbf_h.linear,
-                                               self.mlp_rbf_out.linear)
+        rbf3, rbf_h, rbf_out = self.mlp_rbf3(rbf), self.mlp_rbf_h(rbf), self.mlp_rbf_out(rbf)
 
         h = self.atom_emb(batch.atomic_numbers - 1)                        # all atoms (replicated)
         m = self.edge_emb(h, rbf, src, tgt)
