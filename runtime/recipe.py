@@ -21,9 +21,11 @@ data       ``load_data(config, env) -> data``                         splits ope
                                                                       against the split, statistics, loaders
 model      ``build_model(config, data, env) -> nn.Module``            on its device; a new run's initialisation
                                                                       (MoFlow's ActNorm, GemNet's scale factors)
-optimizer  ``build_optimizer(config, model, env) -> Optimization``    optimizer, schedule, precision (and EMA)
+optimizer  ``build_optimizer(config, model, env) -> Optimization``    optimizer, schedule, precision
 resume     ``resume(config, model, optimization, env) -> Position``   the checkpoint's state (weights only under
-                                                                      ``--finetune``) and the mid-epoch guard
+                                                                      ``--finetune``), the mid-epoch guard; an
+                                                                      EMA of the weights starts from the weights
+                                                                      the run starts with
 loop       ``run_loop(config, env, data, model, optimization,         :class:`runtime.loop.TrainLoop` with the
            position, logger) -> dict``                                recipe's step; returns the summary
 finish     (here)                                                     the logger closed and the process group
@@ -80,8 +82,8 @@ class RecipeConfig:
 
 @dataclass
 class Optimization:
-    """What the optimizer phase builds: the optimizer, its schedule, the precision policy (autocast and
-    loss scaling) and, where the recipe keeps one, an EMA of the weights."""
+    """What the optimizer phase builds: the optimizer, its schedule and the precision policy (autocast
+    and loss scaling); the resume phase adds the EMA of the weights where the recipe keeps one."""
     optimizer: Any
     scheduler: Any = None
     precision: Any = None
