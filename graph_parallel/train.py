@@ -5,6 +5,9 @@
 =================  ================================================================================
 concern            rule
 =================  ================================================================================
+shape              the phases of :mod:`runtime.recipe` (parse -> config -> data -> model ->
+                   optimizer -> resume -> loop -> finish) on a frozen :class:`TrainConfig`, where
+                   the model, its architecture, cutoff and neighbours are resolved once
 loop               :class:`runtime.loop.TrainLoop` drives the run (accumulation, logging, limits,
                    checkpoint cadence, exact mid-epoch resume); this file says what a step, an
                    evaluation and a checkpoint are. Batches are drawn per data-parallel rank
@@ -35,7 +38,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -43,10 +48,10 @@ from graph_parallel.data import Collater
 from graph_parallel.ema import EMA
 from graph_parallel.engine import DEFAULT_CUTOFF, DEFAULT_DATA_DIR, DEFAULT_MAX_NEIGHBORS, EMBEDDED, RECIPE, \
     RESULTS_DIR, add_data_args, add_grid_args, check_performance_flags, dataset_dir, dataset_name, eval_loader, \
-    evaluate_split, forward, gather_peak_memory, make_collater, make_grid, make_precision, open_split, world_info
+    evaluate_split, forward, gather_peak_memory, make_grid, make_precision, open_split, world_info
 from graph_parallel.losses import EnergyBaselines, Normalizer, energy_statistics, s2ef_loss
-from graph_parallel.models import MODELS, build_model, count_parameters, fit_scale_factors, load_scale_file, \
-    model_from_config, scale_factors_by_name
+from graph_parallel.models import MODELS, count_parameters, fit_scale_factors, graph_kinds, load_scale_file, \
+    model_from_config, preset_config, scale_factors_by_name
 from graph_parallel.parallel import sync_gradients
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import check_meta, check_mid_epoch_resume, config_differences, load_checkpoint, \
@@ -54,13 +59,11 @@ from runtime.checkpoint import check_meta, check_mid_epoch_resume, config_differ
 from runtime.cli import ArgumentParser, add_common_args, add_refused, checkpoint_to_save, non_negative_int, \
     optimizer_betas, resolve_num_workers, sgd_momentum
 from runtime.data import EpochSampler, check_batch_size, make_loader
-from runtime.distributed import broadcast_module, init_distributed, is_main_process, shutdown
+from runtime.distributed import ProcessGrid, broadcast_module, is_main_process
 from runtime.errors import CheckpointError, ConfigError, run_main
-from runtime.io import check_output_locations
-from runtime.logging import logger_from_args
 from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer, make_scheduler
-from runtime.precision import set_tf32
+from runtime.recipe import Optimization, RecipeConfig, train_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,11 +103,217 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---- set-up ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RecipeConfig):
+    model_name: str                       # dimenetpp, gemnet_t, gemnet_dt
+    preset: Optional[str]                 # None: a checkpoint's architecture (fine-tuning a converted one)
+    model_config: Dict[str, Any]          # the full architecture, as model.config_dict()
+    cutoff: float
+    max_neighbors: int
+    dataset_root: Path                    # the directory --dataset names
+    dataset_path: Optional[str]           # resolved, so evaluate works from any directory (None: embedded)
+    scale_source: Optional[str]           # GemNet scale factors: "fitted", "file ...", the checkpoint's, or None
+
+
+@dataclass
+class TrainData:
+    grid: ProcessGrid
+    train_set: Any
+    val_set: Any
+    collater: Collater
+    sampler: EpochSampler
+    loader: Any
+    val_loader: Any
+    normalizer: Normalizer
+    baselines: EnergyBaselines
+
+
+# ---- phases (runtime.recipe) ---------------------------------------------------------------------------
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The flags; with ``--fairchem_config`` the file's values become defaults, so command-line flags win."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fairchem_config:
+        from graph_parallel.fairchem_config import fairchem_defaults
+
+        parser.set_defaults(**fairchem_defaults(args.fairchem_config, dataset_given=args.dataset != EMBEDDED))
+        args = parser.parse_args(argv)
+    check_flags(args)
+    return args
+
+
+def build_config(args, env) -> TrainConfig:
+    """Model, architecture, cutoff and neighbours from the flags and the checkpoint (see the module
+    table), the dataset's directory, the checkpoint identity."""
+    state = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
+    name, preset, config, cutoff, max_neighbors = resolve_model(args, state)
+    root = dataset_dir(args.dataset, args.data_dir)
+    data_name = dataset_name(args.dataset, args.data_dir)
+    if state is not None and not args.finetune:
+        try:
+            check_meta(args.load_ckpt_path, state["meta"], {"dataset": data_name})
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; to train its weights on this dataset, add --finetune") from None
+    return TrainConfig(flags=args, recipe=RECIPE, run_name=f"{name}-gp{args.gp_size}",
+                       save_path=checkpoint_to_save(args), checkpoint=state,
+                       meta={"recipe": RECIPE, "model": name, "config": config, "dataset": data_name},
+                       model_name=name, preset=preset, model_config=config, cutoff=cutoff,
+                       max_neighbors=max_neighbors, dataset_root=root,
+                       dataset_path=None if args.dataset == EMBEDDED else str(root.resolve()),
+                       scale_source=scale_source(args, name, state))
+
+
+def load_data(config: TrainConfig, env) -> TrainData:
+    """The splits (opened and checked), the energy normaliser and baselines (the checkpoint's when
+    resuming), and batches partitioned for this rank's graph-parallel group."""
+    flags = config.flags
+    grid = make_grid(flags.gp_size)
+    train_set = open_split(config.dataset_root, "train")
+    check_batch_size(flags.batch_size, len(train_set), grid.dp_size, "structures")
+    val_set = open_split(config.dataset_root, "val", required=False)
+    extra = config.checkpoint_extra
+    if config.resuming:
+        norm = Normalizer(**extra["normalizer"])
+        baselines = EnergyBaselines.from_state(extra["baselines"]) if extra.get("baselines") else \
+            energy_statistics(train_set)[1]
+    else:
+        norm, baselines = energy_statistics(train_set)
+    edges, triplets = graph_kinds(config.model_name, config.model_config)
+    collater = Collater(config.cutoff, config.max_neighbors, edges, grid.gp_rank, grid.gp_size, triplets)
+    workers = resolve_num_workers(flags.num_workers, env.device)
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=flags.seed, num_replicas=grid.dp_size,
+                           rank=grid.dp_rank)
+    return TrainData(grid=grid, train_set=train_set, val_set=val_set, collater=collater, sampler=sampler,
+                     loader=make_loader(train_set, flags.batch_size, sampler, collater, workers, env.device),
+                     val_loader=None if val_set is None else
+                     eval_loader(val_set, flags.batch_size, collater, grid, workers, env.device),
+                     normalizer=norm, baselines=baselines)
+
+
+def build_model(config: TrainConfig, data: TrainData, env) -> torch.nn.Module:
+    """The same initial weights on every rank; a new run's GemNet scale factors (see the module table)."""
+    torch.manual_seed(config.flags.seed)
+    model = model_from_config(config.model_name, config.model_config).to(env.device)
+    if config.checkpoint is None:
+        start_new_run(model, config.model_name, config.flags, data.train_set, data.collater, env.device)
+    return model
+
+
+def build_optimizer(config: TrainConfig, model, env) -> Optimization:
+    flags = config.flags
+    optimizer = make_optimizer(flags.optimizer, model.parameters(), flags.learning_rate, flags.weight_decay,
+                               momentum=sgd_momentum(flags), betas=optimizer_betas(flags))
+    scheduler = make_scheduler(flags.scheduler, optimizer, warmup_steps=flags.warmup_steps,
+                               step_size=flags.lr_step_size, gamma=flags.lr_gamma, patience=flags.lr_patience,
+                               factor=flags.lr_factor)
+    return Optimization(optimizer, scheduler, make_precision(flags, env.device))
+
+
+def resume(config: TrainConfig, model, optimization: Optimization, env) -> Position:
+    """Resume: model, optimizer, schedule, loss scaler, EMA and position; ``--finetune``: the weights
+    only. The EMA of the weights starts here, from the weights the run starts from."""
+    flags, extra = config.flags, config.checkpoint_extra
+    position = Position()
+    if config.resuming:
+        info = load_checkpoint(flags.load_ckpt_path, model, optimization.optimizer, optimization.scheduler,
+                               optimization.precision, state=config.checkpoint)
+        position = Position.from_dict(info["position"])
+        check_mid_epoch_resume(flags.load_ckpt_path, extra, position, flags.batch_size,
+                               env.world_size // flags.gp_size)
+    elif config.checkpoint is not None:
+        load_checkpoint(flags.load_ckpt_path, model, state=config.checkpoint)      # --finetune: the weights only
+    if flags.ema_decay > 0:
+        optimization.ema = EMA(model, flags.ema_decay)
+        if config.resuming and extra.get("ema"):
+            optimization.ema.load_state_dict(extra["ema"], where=f"checkpoint {flags.load_ckpt_path}")
+    return position
+
+
+def run_loop(config: TrainConfig, env, data: TrainData, model, optimization: Optimization, position: Position,
+             logger) -> dict:
+    flags, device, grid = config.flags, env.device, data.grid
+    optimizer, scheduler, precision, ema = (optimization.optimizer, optimization.scheduler, optimization.precision,
+                                            optimization.ema)
+    norm, baselines = data.normalizer, data.baselines
+    n_params = count_parameters(model)
+    logger.log_params({**vars(flags), "save_ckpt_path": config.save_path, "model_config": config.model_config,
+                       "normalizer": norm.state_dict()})
+    logger.log((), {"parameters": n_params, "train_size": len(data.train_set), "val_size": len(data.val_set or []),
+                    **world_info(grid)})
+    if config.checkpoint is not None:
+        logger.log((), {"resumed_from": flags.load_ckpt_path})
+    if is_main_process():
+        print(f"{config.model_name}/{config.preset or 'checkpoint config'}: {n_params:,} parameters; {grid}; "
+              f"{len(data.train_set)} train / {len(data.val_set or [])} val structures; {precision}", flush=True)
+        if data.val_set is None:
+            print("no val split in the dataset: training without evaluation", flush=True)
+    compute_forces = flags.force_coef > 0
+
+    def forward_backward(batch, loss_scale: float, pos: Position):
+        batch = batch.to(device, non_blocking=True)
+        energy, forces = forward(model, batch, grid, precision, compute_forces=compute_forces, create_graph=True)
+        loss, value = s2ef_loss(energy, forces, batch, norm, flags.energy_coef, flags.force_coef, grid.dp_group)
+        precision.backward(loss * loss_scale)
+        return {"loss": value}
+
+    def optimizer_step(pos: Position):
+        sync_gradients(model.parameters())
+        grad_norm = precision.step(optimizer, model.parameters(), clip_norm=flags.gradient_clip)
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()                              # per-step warm-up, or the step schedule
+        if ema is not None:
+            ema.update(model)
+        return None if grad_norm is None else {"grad_norm": grad_norm}
+
+    def evaluate(epoch: int, scheduled: bool) -> Dict[str, float]:
+        if data.val_loader is None:
+            return {}
+        metrics = evaluate_split(ema.module if ema is not None else model, data.val_loader, grid, precision, device,
+                                 norm, baselines, flags.energy_coef, flags.force_coef)
+        metrics.pop("size")
+        if scheduled and scheduler.plateau is not None:
+            scheduler.step(metrics["loss"])
+        return {f"val_{k}": v for k, v in metrics.items()}
+
+    def save(pos: Position) -> None:
+        if not config.save_path:
+            return
+        periodic = flags.ckpt_interval > 0 or flags.ckpt_steps > 0
+        extra = {"normalizer": norm.state_dict(), "baselines": baselines.state_dict(), "cutoff": config.cutoff,
+                 "max_neighbors": config.max_neighbors, "preset": config.preset,
+                 "ema": ema.state_dict() if ema is not None else None, "source": "graph_parallel.train",
+                 "scale_factors": config.scale_source, "energy_coef": flags.energy_coef,
+                 "force_coef": flags.force_coef, "batch_size": flags.batch_size, "replicas": grid.dp_size,
+                 "dp_size": grid.dp_size, "gp_size": grid.gp_size, "dataset_path": config.dataset_path}
+        save_checkpoint(config.save_path, model, optimizer, scheduler, precision, meta=config.meta,
+                        position=pos.to_dict(), extra=extra, keep_last=flags.keep_last if periodic else None)
+
+    meter = PerformanceMeter(device, warmup_steps=flags.benchmark_warmup) if flags.benchmark else None
+    before = peak_memory_mb(device)
+    loop = TrainLoop(LoopConfig.from_args(flags, seed_rank=grid.dp_rank, replicas=grid.dp_size), data.loader,
+                     data.sampler, logger, forward_backward=forward_backward, optimizer_step=optimizer_step,
+                     batch_items=lambda batch: batch.num_structures, lr=lambda: optimizer.param_groups[0]["lr"],
+                     evaluate=None if flags.benchmark else evaluate, save=None if flags.benchmark else save,
+                     meter=meter)
+    result = loop.run(position)
+    if flags.benchmark:
+        memory = gather_peak_memory(device, extra=before)
+        peaks = [m[0] for m in memory]
+        logger.log((), {"peak_memory_mb": max(peaks)})
+        timing = meter.summary()
+        timing["timed_steps"] = timing.pop("steps")
+        summary = {**timing, **world_info(grid), "parameters": n_params, "peak_memory_mb_per_rank": peaks,
+                   "memory_growth_mb_per_rank": [round(m[0] - m[1], 1) for m in memory]}
+        if is_main_process():
+            print("BENCHMARK " + json.dumps(summary), flush=True)
+        result.update(summary)
+    result["save_ckpt_path"] = config.save_path
+    return result
+
+
+# ---- helpers -------------------------------------------------------------------------------------------
 def check_flags(args) -> None:
     check_performance_flags(args)
-    if args.finetune and not args.load_ckpt_path:
-        raise ConfigError("--finetune needs --load_ckpt_path (the checkpoint whose weights to start from)")
     if not 0.0 <= args.ema_decay < 1.0:
         raise ConfigError(f"--ema_decay must lie in [0, 1), got {args.ema_decay}")
     if args.scale_file:
@@ -117,60 +326,73 @@ def check_flags(args) -> None:
 
 
 def resolve_model(args, state: Optional[Dict]):
-    """(model, name, preset) of this run; a checkpoint's identity is checked here (see the module table)."""
+    """``(name, preset, config, cutoff, max_neighbors)`` of this run. Resume: the checkpoint's model and
+    architecture (flags that disagree are refused); ``--finetune``: the checkpoint's architecture
+    (converted ones too); a new run: the flags, with ``--fairchem_config``'s fields."""
     path = args.load_ckpt_path
     meta = (state or {}).get("meta") or {}
     extra = (state or {}).get("extra") or {}
-    if state is not None:
-        if meta.get("recipe") not in (None, RECIPE):      # None: written before meta carried the identity
-            raise CheckpointError(f"checkpoint {path} does not match this run: recipe: checkpoint has "
-                                  f"{meta.get('recipe')!r}, this run has {RECIPE!r}")
-        name = meta.get("model") or extra.get("model_name")
-        config = meta.get("config") or extra.get("config")
-        if args.model is not None and args.model != name:
-            raise CheckpointError(f"checkpoint {path} does not match this run: model: checkpoint has {name!r}, "
-                                  f"this run has {args.model!r}")
-        if name not in MODELS or not isinstance(config, dict):
-            raise CheckpointError(f"checkpoint {path} does not say which graph_parallel model it holds")
-        args.model = name
-        if args.cutoff is None:
-            args.cutoff = float(config.get("cutoff", DEFAULT_CUTOFF))
-        if args.max_neighbors is None:
-            args.max_neighbors = int(extra.get("max_neighbors") or DEFAULT_MAX_NEIGHBORS)
-        if args.finetune:                  # the architecture is the checkpoint's (converted ones too)
-            differ = [f"{k}: checkpoint has {config.get(k)!r}, --fairchem_config has {v!r}"
-                      for k, v in (getattr(args, "model_config", None) or {}).items() if config.get(k) != v]
+    overrides = getattr(args, "model_config", None) or {}         # set by --fairchem_config
+    if state is None:
+        name, preset = args.model or "dimenetpp", args.preset or "base"
+        cutoff = DEFAULT_CUTOFF if args.cutoff is None else args.cutoff
+        return (name, preset, _preset_config(name, preset, cutoff, overrides), cutoff,
+                DEFAULT_MAX_NEIGHBORS if args.max_neighbors is None else args.max_neighbors)
+    if meta.get("recipe") not in (None, RECIPE):      # None: written before meta carried the identity
+        raise CheckpointError(f"checkpoint {path} does not match this run: recipe: checkpoint has "
+                              f"{meta.get('recipe')!r}, this run has {RECIPE!r}")
+    name = meta.get("model") or extra.get("model_name")
+    saved = meta.get("config") or extra.get("config")
+    if args.model is not None and args.model != name:
+        raise CheckpointError(f"checkpoint {path} does not match this run: model: checkpoint has {name!r}, "
+                              f"this run has {args.model!r}")
+    if name not in MODELS or not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} does not say which graph_parallel model it holds")
+    cutoff = float(saved.get("cutoff", DEFAULT_CUTOFF)) if args.cutoff is None else args.cutoff
+    max_neighbors = int(extra.get("max_neighbors") or DEFAULT_MAX_NEIGHBORS) if args.max_neighbors is None \
+        else args.max_neighbors
+    if args.finetune:                      # the architecture is the checkpoint's (converted ones too)
+        differ = [f"{k}: checkpoint has {saved.get(k)!r}, --fairchem_config has {v!r}"
+                  for k, v in overrides.items() if saved.get(k) != v]
+        if differ:
+            raise ConfigError(f"--fairchem_config disagrees with checkpoint {path}: " + "; ".join(differ)
+                              + " (--finetune keeps the checkpoint's architecture)")
+        if args.preset is not None:
+            differ = config_differences(saved, _preset_config(name, args.preset, cutoff, {}))
             if differ:
-                raise ConfigError(f"--fairchem_config disagrees with checkpoint {path}: " + "; ".join(differ)
-                                  + " (--finetune keeps the checkpoint's architecture)")
-            if args.preset is not None:
-                try:
-                    wanted = build_model(name, args.preset, cutoff=args.cutoff).config_dict()
-                except ValueError as err:
-                    raise ConfigError(str(err)) from None
-                differ = config_differences(config, wanted)
-                if differ:
-                    raise ConfigError(f"--preset {args.preset} disagrees with checkpoint {path}: " + "; ".join(differ)
-                                      + " (--finetune keeps the checkpoint's architecture: drop --preset)")
-            try:
-                model = model_from_config(name, config)
-            except (TypeError, ValueError) as err:
-                raise CheckpointError(f"checkpoint {path}: cannot build {name} from its config ({err})") from None
-            return model, name, extra.get("preset")
-    args.model = args.model or "dimenetpp"
-    args.preset = args.preset or (extra.get("preset") if state is not None else None) or "base"
-    args.cutoff = DEFAULT_CUTOFF if args.cutoff is None else args.cutoff
-    args.max_neighbors = DEFAULT_MAX_NEIGHBORS if args.max_neighbors is None else args.max_neighbors
+                raise ConfigError(f"--preset {args.preset} disagrees with checkpoint {path}: " + "; ".join(differ)
+                                  + " (--finetune keeps the checkpoint's architecture: drop --preset)")
+        try:
+            model_from_config(name, saved)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path}: cannot build {name} from its config ({err})") from None
+        return name, extra.get("preset"), dict(saved), cutoff, max_neighbors
+    preset = args.preset or extra.get("preset") or "base"
+    config = _preset_config(name, preset, cutoff, overrides)
+    differ = config_differences(saved, config)
+    if differ:                             # resume: the same architecture
+        raise CheckpointError(f"checkpoint {path} has another architecture: " + "; ".join(differ)
+                              + " (pass the checkpoint's --preset and --cutoff, or --finetune)")
+    return name, preset, config, cutoff, max_neighbors
+
+
+def _preset_config(name: str, preset: str, cutoff: float, overrides: Dict) -> Dict:
     try:
-        model = build_model(args.model, args.preset, cutoff=args.cutoff, **(getattr(args, "model_config", None) or {}))
+        return preset_config(name, preset, cutoff=cutoff, **overrides)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if state is not None:                  # resume: the same architecture
-        differ = config_differences(config, model.config_dict())
-        if differ:
-            raise CheckpointError(f"checkpoint {path} has another architecture: " + "; ".join(differ)
-                                  + " (pass the checkpoint's --preset and --cutoff, or --finetune)")
-    return model, args.model, args.preset
+
+
+def scale_source(args, name: str, state: Optional[Dict]) -> Optional[str]:
+    """Where a run's GemNet scale factors come from: the checkpoint's record, ``--scale_file``, a fit on
+    rank 0 (``"fitted"``), or None (DimeNet++, or ``--fit_scale_batches 0``)."""
+    if state is not None:
+        return (state.get("extra") or {}).get("scale_factors")
+    if not name.startswith("gemnet"):
+        return None
+    if args.scale_file:
+        return f"file {args.scale_file}"
+    return "fitted" if args.fit_scale_batches else None
 
 
 def scale_factor_batches(train_set, collater: Collater, seed: int, batch_size: int, count: int):
@@ -181,207 +403,23 @@ def scale_factor_batches(train_set, collater: Collater, seed: int, batch_size: i
     return [whole([train_set[i] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
 
 
-def start_new_run(model, args, train_set, collater: Collater, device) -> Optional[str]:
-    """A new run's model: GemNet scale factors (fitted on rank 0, or a file), then rank 0's whole model
-    (initial weights and scale factors) on every rank; there is no DDP wrapper to broadcast it."""
-    source = set_scale_factors(model, args, train_set, collater, device)
-    broadcast_module(model)
-    return source
-
-
-def set_scale_factors(model, args, train_set, collater: Collater, device) -> Optional[str]:
-    """GemNet scale factors of a new run: from ``--scale_file``, or fitted on rank 0 (the caller then
-    broadcasts rank 0's whole model)."""
-    if not args.model.startswith("gemnet"):
-        return None
-    if args.scale_file:
+def start_new_run(model, name: str, args, train_set, collater: Collater, device) -> None:
+    """A new run's model: GemNet scale factors (``--scale_file``, or fitted on rank 0), then rank 0's
+    whole model (initial weights and scale factors) on every rank; there is no DDP wrapper to broadcast it."""
+    if name.startswith("gemnet") and args.scale_file:
         load_scale_file(model, args.scale_file)
-        return f"file {args.scale_file}"
-    if args.fit_scale_batches == 0:
-        return None
-    if is_main_process():
+    elif name.startswith("gemnet") and args.fit_scale_batches and is_main_process():
         batches = [b.to(device) for b in scale_factor_batches(train_set, collater, args.seed, args.batch_size,
                                                               args.fit_scale_batches)]
         fit_scale_factors(model, batches)
         scales = [float(f.scale) for f in scale_factors_by_name(model).values()]
         print(f"fitted {len(scales)} GemNet scaling factors on rank 0: " + ", ".join(f"{s:.3g}" for s in scales),
               flush=True)
-    return "fitted"
-
-
-# ---- main --------------------------------------------------------------------------------------------
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """The flags; with ``--fairchem_config`` the file's values become defaults, so command-line flags win."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.fairchem_config:
-        from graph_parallel.engine import EMBEDDED
-        from graph_parallel.fairchem_config import fairchem_defaults
-
-        parser.set_defaults(**fairchem_defaults(args.fairchem_config, dataset_given=args.dataset != EMBEDDED))
-        args = parser.parse_args(argv)
-    return args
+    broadcast_module(model)
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    args = parse_args(argv)
-    check_flags(args)
-    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
-                           device=args.device)
-    try:
-        return train(args, env)
-    finally:
-        shutdown()
-
-
-def train(args, env) -> dict:
-    device = env.device
-    grid = make_grid(args.gp_size)
-    if args.tf32 is not None:
-        set_tf32(args.tf32)
-    save_path = checkpoint_to_save(args)
-    if is_main_process():
-        check_output_locations(args.log_dir, save_path)
-
-    # ---- data and checkpoint, checked before any work ----
-    root = dataset_dir(args.dataset, args.data_dir)
-    dataset_path = None if args.dataset == EMBEDDED else str(root.resolve())  # evaluate from any directory
-    train_set = open_split(root, "train")
-    check_batch_size(args.batch_size, len(train_set), grid.dp_size, "structures")
-    val_set = open_split(root, "val", required=False)
-    state = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
-    resuming = state is not None and not args.finetune
-    torch.manual_seed(args.seed)                       # identical initial weights on every rank
-    model, name, preset = resolve_model(args, state)
-    data_name = dataset_name(args.dataset, args.data_dir)
-    meta = {"recipe": RECIPE, "model": name, "config": model.config_dict(), "dataset": data_name}
-    if resuming:
-        try:
-            check_meta(args.load_ckpt_path, state["meta"], {"dataset": data_name})
-        except CheckpointError as err:
-            raise CheckpointError(f"{err}; to train its weights on this dataset, add --finetune") from None
-    extra = state["extra"] if state is not None else {}
-    if resuming:
-        norm = Normalizer(**extra["normalizer"])
-        baselines = EnergyBaselines.from_state(extra["baselines"]) if extra.get("baselines") else \
-            energy_statistics(train_set)[1]
-    else:
-        norm, baselines = energy_statistics(train_set)
-    precision = make_precision(args, device)
-
-    collater = make_collater(model, args.cutoff, args.max_neighbors, grid)
-    workers = resolve_num_workers(args.num_workers, device)
-    sampler = EpochSampler(len(train_set), shuffle=True, seed=args.seed, num_replicas=grid.dp_size, rank=grid.dp_rank)
-    loader = make_loader(train_set, args.batch_size, sampler, collater, workers, device)
-    val_loader = eval_loader(val_set, args.batch_size, collater, grid, workers, device) if val_set is not None else None
-
-    # ---- model, optimizer, schedule, EMA ----
-    model = model.to(device)
-    scale_source = extra.get("scale_factors") if state is not None else \
-        start_new_run(model, args, train_set, collater, device)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.weight_decay,
-                               momentum=sgd_momentum(args), betas=optimizer_betas(args))
-    scheduler = make_scheduler(args.scheduler, optimizer, warmup_steps=args.warmup_steps, step_size=args.lr_step_size,
-                               gamma=args.lr_gamma, patience=args.lr_patience, factor=args.lr_factor)
-    position = Position()
-    if state is not None:
-        if resuming:
-            info = load_checkpoint(args.load_ckpt_path, model, optimizer, scheduler, precision, state=state)
-            position = Position.from_dict(info["position"])
-            check_mid_epoch_resume(args.load_ckpt_path, extra, position, args.batch_size, grid.dp_size)
-        else:
-            load_checkpoint(args.load_ckpt_path, model, state=state)      # --finetune: the weights only
-    ema = EMA(model, args.ema_decay) if args.ema_decay > 0 else None
-    if ema is not None and resuming and extra.get("ema"):
-        ema.load_state_dict(extra["ema"], where=f"checkpoint {args.load_ckpt_path}")
-
-    logger = logger_from_args(args, RECIPE, run_name=f"{name}-gp{args.gp_size}", append=resuming)
-    try:
-        return _run(args, device, grid, model, name, preset, meta, norm, baselines, precision, optimizer, scheduler,
-                    ema, loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger,
-                    dataset_path)
-    finally:
-        logger.close()
-
-
-def _run(args, device, grid, model, name, preset, meta, norm, baselines, precision, optimizer, scheduler, ema,
-         loader, sampler, val_loader, train_set, val_set, position, save_path, scale_source, logger,
-         dataset_path) -> dict:
-    n_params = count_parameters(model)
-    logger.log_params({**vars(args), "save_ckpt_path": save_path, "model_config": meta["config"],
-                       "normalizer": norm.state_dict()})
-    logger.log((), {"parameters": n_params, "train_size": len(train_set), "val_size": len(val_set or []),
-                    **world_info(grid)})
-    if args.load_ckpt_path:
-        logger.log((), {"resumed_from": args.load_ckpt_path})
-    if is_main_process():
-        print(f"{name}/{preset or 'checkpoint config'}: {n_params:,} parameters; {grid}; {len(train_set)} train / "
-              f"{len(val_set or [])} val structures; {precision}", flush=True)
-        if val_set is None:
-            print("no val split in the dataset: training without evaluation", flush=True)
-    compute_forces = args.force_coef > 0
-
-    def forward_backward(batch, loss_scale: float, pos: Position):
-        batch = batch.to(device, non_blocking=True)
-        energy, forces = forward(model, batch, grid, precision, compute_forces=compute_forces, create_graph=True)
-        loss, value = s2ef_loss(energy, forces, batch, norm, args.energy_coef, args.force_coef, grid.dp_group)
-        precision.backward(loss * loss_scale)
-        return {"loss": value}
-
-    def optimizer_step(pos: Position):
-        sync_gradients(model.parameters())
-        grad_norm = precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()                              # per-step warm-up, or the step schedule
-        if ema is not None:
-            ema.update(model)
-        return None if grad_norm is None else {"grad_norm": grad_norm}
-
-    def evaluate(epoch: int, scheduled: bool) -> Dict[str, float]:
-        if val_loader is None:
-            return {}
-        metrics = evaluate_split(ema.module if ema is not None else model, val_loader, grid, precision, device,
-                                 norm, baselines, args.energy_coef, args.force_coef)
-        metrics.pop("size")
-        if scheduled and scheduler.plateau is not None:
-            scheduler.step(metrics["loss"])
-        return {f"val_{k}": v for k, v in metrics.items()}
-
-    def save(pos: Position) -> None:
-        if not save_path:
-            return
-        periodic = args.ckpt_interval > 0 or args.ckpt_steps > 0
-        extra = {"normalizer": norm.state_dict(), "baselines": baselines.state_dict(), "cutoff": float(args.cutoff),
-                 "max_neighbors": int(args.max_neighbors), "preset": preset,
-                 "ema": ema.state_dict() if ema is not None else None, "source": "graph_parallel.train",
-                 "scale_factors": scale_source, "energy_coef": args.energy_coef, "force_coef": args.force_coef,
-                 "batch_size": args.batch_size, "replicas": grid.dp_size, "dp_size": grid.dp_size,
-                 "gp_size": grid.gp_size,
-                 "dataset_path": dataset_path}
-        save_checkpoint(save_path, model, optimizer, scheduler, precision, meta=meta, position=pos.to_dict(),
-                        extra=extra, keep_last=args.keep_last if periodic else None)
-
-    meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None
-    before = peak_memory_mb(device)
-    loop = TrainLoop(LoopConfig.from_args(args, seed_rank=grid.dp_rank, replicas=grid.dp_size), loader, sampler,
-                     logger, forward_backward=forward_backward, optimizer_step=optimizer_step,
-                     batch_items=lambda batch: batch.num_structures, lr=lambda: optimizer.param_groups[0]["lr"],
-                     evaluate=None if args.benchmark else evaluate, save=None if args.benchmark else save,
-                     meter=meter)
-    result = loop.run(position)
-    if args.benchmark:
-        memory = gather_peak_memory(device, extra=before)
-        peaks = [m[0] for m in memory]
-        logger.log((), {"peak_memory_mb": max(peaks)})
-        timing = meter.summary()
-        timing["timed_steps"] = timing.pop("steps")
-        summary = {**timing, **world_info(grid), "parameters": n_params, "peak_memory_mb_per_rank": peaks,
-                   "memory_growth_mb_per_rank": [round(m[0] - m[1], 1) for m in memory]}
-        if is_main_process():
-            print("BENCHMARK " + json.dumps(summary), flush=True)
-        result.update(summary)
-    result["save_ckpt_path"] = save_path
-    return result
+    return train_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 
 from moflow.chem import generation_metrics
 from moflow.data.dataset import MoleculeCache
-from moflow.generate import load_trained_model, make_reverse, sample_smiles
+from moflow.generate import load_trained_model, make_reverse, sample_smiles, steps_to_samples
 from moflow.model import MoFlow
 from runtime.cli import ArgumentParser, add_common_args, checkpoint_to_load, evaluation_summary, non_negative_float, \
     non_negative_int, positive_int
@@ -80,6 +80,7 @@ def build_parser() -> ArgumentParser:
                    help="NVIDIA's flag: generate this many batches (sets --num_samples)")
     g.add_argument("--temperature", type=non_negative_float, default=0.6, help="latent standard-deviation multiplier")
     g.add_argument("--output", default=None, help="metrics as JSON, *.json (default: LOG_DIR/metrics_SPLIT.json)")
+    p.add_check(lambda args, given: steps_to_samples(args, given, benchmark=False))  # sampled, also when timed
     return p
 
 
@@ -93,10 +94,6 @@ def main(argv=None) -> dict:
     if args.cuda_graphs:
         require_cuda_graphs(env.device)
     seed_everything(args.seed, env.rank)
-    if args.steps is not None:
-        args.num_samples = args.steps * args.batch_size
-    if args.num_samples <= 0:
-        raise ConfigError(f"--num_samples must be positive, got {args.num_samples}")
     output = args.output or os.path.join(args.log_dir, f"metrics_{args.split}.json")
     check_output_locations(args.log_dir, output=output)
     checkpoint = checkpoint_to_load(args)

@@ -125,7 +125,19 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--png", default=None, help=f"grid image (default: LOG_DIR/predictions_{SPLIT}.png; '' to skip)")
     g.add_argument("--png_molecules", type=positive_int, default=20, help="molecules drawn in the grid")
     p.add_check(check_data_dir)
+    p.add_check(steps_to_samples)
     return p
+
+
+def steps_to_samples(args, given, benchmark: bool = True) -> None:
+    """NVIDIA's ``--steps`` (batches to generate), resolved while parsing: ``--num_samples`` =
+    steps x batch size, or (``benchmark``) under ``--benchmark`` the timed steps."""
+    if args.steps is None:
+        return
+    if benchmark and args.benchmark:
+        args.benchmark_steps = args.steps
+    else:
+        args.num_samples = args.steps * args.batch_size
 
 
 def check_data_dir(args, given) -> None:
@@ -170,13 +182,6 @@ def main(argv=None) -> dict:
         if args.compile:
             raise ConfigError("--cuda_graphs with --compile is refused until a GPU run shows the pair correct")
     seed_everything(args.seed, env.rank)
-    if args.steps is not None:  # NVIDIA's batches-to-generate
-        if args.benchmark:
-            args.benchmark_steps = args.steps
-        else:
-            args.num_samples = args.steps * args.batch_size
-    if args.num_samples <= 0:
-        raise ConfigError(f"--num_samples must be positive, got {args.num_samples}")
     output = "" if args.output == "" or args.benchmark else prediction_path(args.output, args.log_dir, SPLIT, ("smi",))
     png = os.path.join(args.log_dir, f"predictions_{SPLIT}.png") if args.png is None else args.png
     check_output_locations(args.log_dir, output=output)

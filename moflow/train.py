@@ -1,8 +1,13 @@
 """Train MoFlow: ``python -m moflow.train --dataset qm9 --epochs 10``.
 
 Single process or ``torchrun --nproc_per_node N -m moflow.train`` (DDP, gloo on CPU, NCCL on GPU).
-The epoch/step loop, resume, limits, checkpoint cadence and non-finite checks are runtime's
-(:mod:`runtime.loop`); this module holds MoFlow's step, its evaluation and its checkpoint content.
+The phases are :mod:`runtime.recipe`'s (parse -> config -> data -> model -> optimizer -> resume ->
+loop -> finish) on a frozen :class:`TrainConfig`; the epoch/step loop, resume, limits, checkpoint
+cadence and non-finite checks are runtime's (:mod:`runtime.loop`); this module holds MoFlow's step,
+its evaluation and its checkpoint content.
+
+- The architecture follows the dataset (its atom set and molecule size), so the config phase opens
+  the preprocessed cache; the data phase splits it.
 
 - The model is built under the rank-independent ``--seed``, and its ActNorm layers are initialised
   from the first *global* batch (every rank runs the same pass over the union of the ranks' first
@@ -12,33 +17,34 @@ The epoch/step loop, resume, limits, checkpoint cadence and non-finite checks ar
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from moflow.chem import sample_quality
 from moflow.config import MODEL_PRESETS, ModelConfig, make_model_config
-from moflow.data.dataset import MoleculeCache
+from moflow.data.dataset import GraphDataset, MoleculeCache
 from moflow.generate import sample_smiles
 from moflow.model import MoFlow, MoFlowObjective, initialize_actnorm
 from runtime.callbacks import PerformanceMeter, peak_memory_mb
 from runtime.checkpoint import check_mid_epoch_resume, config_differences, load_checkpoint, read_checkpoint, \
     save_checkpoint
-from runtime.cli import ArgumentParser, add_bool, add_common_args, add_refused, checkpoint_to_save, \
+from runtime.cli import ArgumentParser, add_bool, add_common_args, add_refused, checkpoint_to_save, device_type, \
     non_negative_float, non_negative_int, optimizer_betas, positive_int, resolve_num_workers
 from runtime.compile import maybe_compile
 from runtime.cuda_graphs import materialize_grads, require_cuda_graphs
 from runtime.data import EpochSampler, ShardSampler, check_batch_size, make_loader
 from runtime.devicecheck import expected_sync
-from runtime.distributed import all_reduce_sum, init_distributed, is_main_process, shutdown, wrap_ddp
+from runtime.distributed import all_reduce_sum, is_main_process, wrap_ddp
 from runtime.errors import CheckpointError, ConfigError, run_main
-from runtime.io import check_output_locations
-from runtime.logging import logger_from_args
 from runtime.loop import LoopConfig, Position, TrainLoop
 from runtime.optim import make_optimizer
-from runtime.precision import Precision, set_tf32
+from runtime.precision import Precision
+from runtime.recipe import Optimization, RecipeConfig, train_main
 from runtime.seed import seed_everything
 
 DATASETS = ["sample", "moses", "zinc250k", "qm9"]
@@ -86,6 +92,163 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RecipeConfig):
+    model_config: ModelConfig
+    cache: MoleculeCache = field(repr=False, compare=False)   # the opened dataset the architecture follows
+
+
+@dataclass
+class TrainData:
+    train_set: GraphDataset
+    sampler: EpochSampler
+    loader: Any
+
+
+# ---- phases (runtime.recipe) ---------------------------------------------------------------------------
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    check_flags(args)
+    return args
+
+
+def build_config(args, env) -> TrainConfig:
+    """The architecture: a resumed checkpoint's (flags that disagree are refused), else the preset and
+    flags sized to the dataset."""
+    cache = MoleculeCache(args.data_dir, args.dataset)
+    state = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
+    if state is not None and not args.finetune:
+        config = resume_config(args, state, cache)
+    else:
+        config = model_config_from_args(args, cache)
+    return TrainConfig(flags=args, recipe="moflow", run_name="moflow", save_path=checkpoint_to_save(args),
+                       checkpoint=state, meta=meta_of(config, cache, args.dataset), model_config=config, cache=cache)
+
+
+def load_data(config: TrainConfig, env) -> TrainData:
+    flags = config.flags
+    train_set = config.cache.subset("train")
+    check_batch_size(flags.batch_size, len(train_set), env.world_size, "molecules")
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=flags.seed, num_replicas=env.world_size,
+                           rank=env.rank, drop_last=True)  # full batches only (static shapes for CUDA graphs)
+    loader = make_loader(train_set, flags.batch_size, sampler,
+                         num_workers=resolve_num_workers(flags.num_workers, env.device), device=env.device,
+                         drop_last=True)
+    return TrainData(train_set=train_set, sampler=sampler, loader=loader)
+
+
+def build_model(config: TrainConfig, data: TrainData, env) -> MoFlow:
+    """A new run's model is initialised from the first global batch; a checkpoint's weights come in
+    the resume phase. Either way every rank builds the same model (rank-independent seed)."""
+    flags = config.flags
+    if config.checkpoint is None:
+        model = initialised_model(config.model_config, data.train_set, flags.seed, flags.batch_size,
+                                  env.world_size, env.device)
+    else:
+        seed_everything(flags.seed)
+        model = MoFlow(config.model_config).to(env.device)
+    model.use_streams = env.device.type == "cuda" and flags.streams and not flags.compile
+    return model
+
+
+def build_optimizer(config: TrainConfig, model, env) -> Optimization:
+    flags = config.flags
+    optimizer = make_optimizer(flags.optimizer, model.parameters(), lr=flags.learning_rate,
+                               weight_decay=flags.weight_decay, betas=optimizer_betas(flags))
+    return Optimization(optimizer, None, Precision(flags.amp, env.device, flags.amp_dtype))
+
+
+def resume(config: TrainConfig, model, optimization: Optimization, env) -> Position:
+    """Resume: model, optimizer, loss scaler and position; ``--finetune``: the weights only, on a
+    dataset with the same atom set."""
+    path, position = config.flags.load_ckpt_path, Position()
+    if config.checkpoint is not None:
+        expect = {"recipe": "moflow", "atoms": config.meta["atoms"]}
+        if config.resuming:
+            expect.update(config=config.meta["config"], dataset=config.flags.dataset)
+            info = load_checkpoint(path, model, optimization.optimizer, precision=optimization.precision,
+                                   expect=expect, state=config.checkpoint)
+            position = Position.from_dict(info["position"])
+            check_mid_epoch_resume(path, config.checkpoint_extra, position, config.flags.batch_size,
+                                   env.world_size)
+        else:
+            load_checkpoint(path, model, expect=expect, state=config.checkpoint)
+    return position
+
+
+def run_loop(config: TrainConfig, env, data: TrainData, model: MoFlow, optimization: Optimization,
+             position: Position, logger) -> dict:
+    flags, device, world = config.flags, env.device, env.world_size
+    optimizer, precision, cache = optimization.optimizer, optimization.precision, config.cache
+    seed_everything(flags.seed, env.rank)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.log_params({**vars(flags), "save_ckpt_path": config.save_path,
+                       "model_config": config.model_config.to_dict(), "parameters": n_params,
+                       "train_molecules": len(data.train_set), "world_size": world})
+    if config.resuming:
+        logger.log((), {"resumed_from": flags.load_ckpt_path, "epochs": position.epoch, "steps": position.step})
+    ddp = wrap_ddp(MoFlowObjective(model))
+    objective = maybe_compile(ddp, flags.compile)
+    graphed = False
+    accumulate = flags.accumulate_grad_batches
+
+    def forward_backward(batch, scale: float, pos: Position):
+        nonlocal graphed
+        x, adj = (t.to(device, non_blocking=True) for t in batch)
+        # the warm-up counts the optimizer steps of this run (a resumed run warms up again), not pos.step
+        if flags.cuda_graphs and not graphed and pos.step - position.step >= flags.cuda_graph_warmup \
+                and len(x) == flags.batch_size:
+            with precision.autocast(cache_enabled=False):
+                graph_flows_for_cuda(model, adj, x)
+            graphed = True
+            if accumulate > 1:  # graphed backward returns views of static buffers: never let p.grad alias one
+                materialize_grads(model.parameters())
+        with precision.autocast(cache_enabled=not graphed):  # graphed callables need the cache off
+            loss, nll_x, nll_adj = objective(adj, x)
+        precision.backward(loss * scale)
+        return {"loss": loss.detach(), "nll_x": nll_x, "nll_adj": nll_adj}
+
+    def optimizer_step(pos: Position):
+        norm = precision.step(optimizer, model.parameters(), clip_norm=flags.gradient_clip)
+        keep_grads = graphed and accumulate > 1
+        optimizer.zero_grad(set_to_none=not keep_grads)
+        out = {"prior_ln_var": model.ln_var.detach().reshape(())}
+        if norm is not None:
+            out["grad_norm"] = norm
+        return out
+
+    def evaluate(epoch: int, scheduled: bool) -> Dict[str, float]:
+        metrics = {}
+        if flags.val_molecules > 0:
+            metrics.update(validation_nll(model, cache, flags.val_molecules, flags.batch_size, device, precision))
+        if flags.val_samples > 0 and is_main_process():
+            metrics.update(sample_metrics(model, flags, cache.spec.atomic_nums, precision))
+        return metrics
+
+    def save(pos: Position) -> None:
+        if config.save_path:
+            save_checkpoint(config.save_path, model, optimizer, precision=precision, meta=config.meta,
+                            position=pos.to_dict(),
+                            extra={"data_dir": os.path.abspath(flags.data_dir), "batch_size": flags.batch_size,
+                                   "replicas": world},
+                            keep_last=flags.keep_last)
+
+    meter = PerformanceMeter(device, warmup_steps=flags.benchmark_warmup) if flags.benchmark else None
+    loop = TrainLoop(LoopConfig.from_args(flags, seed_rank=env.rank, replicas=world), data.loader, data.sampler,
+                     logger, forward_backward=forward_backward, optimizer_step=optimizer_step,
+                     batch_items=lambda b: len(b[0]), lr=lambda: optimizer.param_groups[0]["lr"],
+                     evaluate=None if flags.benchmark else evaluate, save=save,
+                     no_sync=getattr(ddp, "no_sync", None), meter=meter)
+    result = loop.run(position)
+    if flags.benchmark:
+        logger.log((), {"peak_memory_mb": peak_memory_mb(device)})
+    if flags.cuda_graphs and not graphed:
+        logger.log((), {"stop_reason": f"{result['stop_reason']} (no CUDA graph was captured: no full batch of "
+                                       f"{flags.batch_size} arrived after {flags.cuda_graph_warmup} warm-up steps)"})
+    return result
+
+
+# ---- helpers -------------------------------------------------------------------------------------------
 def model_config_from_args(args, cache: MoleculeCache) -> ModelConfig:
     preset = args.preset or {"sample": "small"}.get(args.dataset, args.dataset)
     overrides = {k: getattr(args, k) for k in ARCH_FLAGS}
@@ -95,9 +258,9 @@ def model_config_from_args(args, cache: MoleculeCache) -> ModelConfig:
     return make_model_config(preset, **overrides)
 
 
-def check_flags(args, device) -> None:
+def check_flags(args) -> None:
     if args.cuda_graphs:
-        require_cuda_graphs(device)
+        require_cuda_graphs(device_type(args.device))
         if args.compile:
             raise ConfigError("--cuda_graphs with --compile is refused until a GPU run shows the pair correct; "
                               "use one of them")
@@ -195,138 +358,8 @@ def sample_metrics(model: MoFlow, args, atomic_nums, precision) -> Dict[str, flo
     return sample_quality(raw, corrected)
 
 
-def train(args) -> dict:
-    """Run training as configured by ``args``; returns the loop's summary, with the trained
-    (unwrapped) model under ``"model"``."""
-    env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
-                           device=args.device)
-    device = env.device
-    check_flags(args, device)
-    if args.tf32 is not None:
-        set_tf32(args.tf32)
-    save_path = checkpoint_to_save(args)
-    if is_main_process():
-        check_output_locations(args.log_dir, save_path)
-
-    cache = MoleculeCache(args.data_dir, args.dataset)
-    state = read_checkpoint(args.load_ckpt_path) if args.load_ckpt_path else None
-    resuming = state is not None and not args.finetune
-    if resuming:
-        config = resume_config(args, state, cache)
-    else:
-        config = model_config_from_args(args, cache)
-    meta = meta_of(config, cache, args.dataset)
-
-    train_set = cache.subset("train")
-    world = env.world_size
-    check_batch_size(args.batch_size, len(train_set), world, "molecules")
-    if state is None:
-        model = initialised_model(config, train_set, args.seed, args.batch_size, world, device)
-    else:
-        seed_everything(args.seed)  # rank-independent: every rank builds the same model
-        model = MoFlow(config).to(device)
-    sampler = EpochSampler(len(train_set), shuffle=True, seed=args.seed, num_replicas=world, rank=env.rank,
-                           drop_last=True)  # full batches only (static shapes for CUDA graphs)
-    loader = make_loader(train_set, args.batch_size, sampler, num_workers=resolve_num_workers(args.num_workers, device),
-                         device=device, drop_last=True)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), lr=args.learning_rate,
-                               weight_decay=args.weight_decay, betas=optimizer_betas(args))
-    precision = Precision(args.amp, device, args.amp_dtype)
-    position = Position()
-    if state is not None:
-        expect = {"recipe": "moflow", "atoms": meta["atoms"]}
-        if resuming:
-            expect.update(config=meta["config"], dataset=args.dataset)
-            info = load_checkpoint(args.load_ckpt_path, model, optimizer, precision=precision, expect=expect,
-                                   state=state)
-            position = Position.from_dict(info["position"])
-            check_mid_epoch_resume(args.load_ckpt_path, state.get("extra", {}), position, args.batch_size, world)
-        else:  # --finetune: the weights only, on a dataset with the same atom set
-            load_checkpoint(args.load_ckpt_path, model, expect=expect, state=state)
-    seed_everything(args.seed, env.rank)
-
-    logger = logger_from_args(args, "moflow", run_name="moflow", append=resuming)
-    try:
-        result = _run(args, env, cache, config, meta, model, optimizer, precision, loader, sampler, position,
-                      resuming, save_path, len(train_set), logger)
-    finally:
-        logger.close()
-        shutdown()
-    return {**result, "model": model}
-
-
-def _run(args, env, cache, config, meta, model, optimizer, precision, loader, sampler, position, resuming,
-         save_path, train_size, logger) -> dict:
-    device, world = env.device, env.world_size
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.log_params({**vars(args), "save_ckpt_path": save_path, "model_config": config.to_dict(),
-                       "parameters": n_params, "train_molecules": train_size, "world_size": world})
-    if resuming:
-        logger.log((), {"resumed_from": args.load_ckpt_path, "epochs": position.epoch, "steps": position.step})
-    model.use_streams = device.type == "cuda" and args.streams and not args.compile
-    ddp = wrap_ddp(MoFlowObjective(model))
-    objective = maybe_compile(ddp, args.compile)
-    graphed = False
-    accumulate = args.accumulate_grad_batches
-
-    def forward_backward(batch, scale: float, pos: Position):
-        nonlocal graphed
-        x, adj = (t.to(device, non_blocking=True) for t in batch)
-        # the warm-up counts the optimizer steps of this run (a resumed run warms up again), not pos.step
-        if args.cuda_graphs and not graphed and pos.step - position.step >= args.cuda_graph_warmup \
-                and len(x) == args.batch_size:
-            with precision.autocast(cache_enabled=False):
-                graph_flows_for_cuda(model, adj, x)
-            graphed = True
-            if accumulate > 1:  # graphed backward returns views of static buffers: never let p.grad alias one
-                materialize_grads(model.parameters())
-        with precision.autocast(cache_enabled=not graphed):  # graphed callables need the cache off
-            loss, nll_x, nll_adj = objective(adj, x)
-        precision.backward(loss * scale)
-        return {"loss": loss.detach(), "nll_x": nll_x, "nll_adj": nll_adj}
-
-    def optimizer_step(pos: Position):
-        norm = precision.step(optimizer, model.parameters(), clip_norm=args.gradient_clip)
-        keep_grads = graphed and accumulate > 1
-        optimizer.zero_grad(set_to_none=not keep_grads)
-        out = {"prior_ln_var": model.ln_var.detach().reshape(())}
-        if norm is not None:
-            out["grad_norm"] = norm
-        return out
-
-    def evaluate(epoch: int, scheduled: bool) -> Dict[str, float]:
-        metrics = {}
-        if args.val_molecules > 0:
-            metrics.update(validation_nll(model, cache, args.val_molecules, args.batch_size, device, precision))
-        if args.val_samples > 0 and is_main_process():
-            metrics.update(sample_metrics(model, args, cache.spec.atomic_nums, precision))
-        return metrics
-
-    def save(pos: Position) -> None:
-        if save_path:
-            save_checkpoint(save_path, model, optimizer, precision=precision, meta=meta, position=pos.to_dict(),
-                            extra={"data_dir": os.path.abspath(args.data_dir), "batch_size": args.batch_size,
-                                   "replicas": world},
-                            keep_last=args.keep_last)
-
-    meter = PerformanceMeter(device, warmup_steps=args.benchmark_warmup) if args.benchmark else None
-    loop = TrainLoop(LoopConfig.from_args(args, seed_rank=env.rank, replicas=world), loader, sampler, logger,
-                     forward_backward=forward_backward, optimizer_step=optimizer_step, batch_items=lambda b: len(b[0]),
-                     lr=lambda: optimizer.param_groups[0]["lr"], evaluate=None if args.benchmark else evaluate,
-                     save=save, no_sync=getattr(ddp, "no_sync", None), meter=meter)
-    result = loop.run(position)
-    if args.benchmark:
-        logger.log((), {"peak_memory_mb": peak_memory_mb(device)})
-    if args.cuda_graphs and not graphed:
-        logger.log((), {"stop_reason": f"{result['stop_reason']} (no CUDA graph was captured: no full batch of "
-                                       f"{args.batch_size} arrived after {args.cuda_graph_warmup} warm-up steps)"})
-    return result
-
-
-def main(argv: Optional[list] = None) -> dict:
-    result = train(build_parser().parse_args(argv))
-    result.pop("model")
-    return result
+def main(argv: Optional[List[str]] = None) -> dict:
+    return train_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,15 @@ Layout (``molrecipes-checkpoint-v2``)::
     optimizer, scheduler, precision   state_dicts (or None)
     position   {"epoch", "batch", "step"}: epoch, batches of that epoch consumed, optimizer steps
     extra      the recipe's own plain data (normalisers, EMA weights, scale factors, ...)
-    rng        rank 0's RNG states (the training loop reseeds per step, so resuming does not need them)
+
+No RNG state: the training loop reseeds from the position at every step, so a resumed run draws
+the same numbers without one (files written before carry an ``rng`` entry, ignored).
 """
 from __future__ import annotations
 
 import glob
 import os
 import pickle
-import random
 import re
 import shutil
 import zipfile
@@ -43,39 +44,6 @@ _OLD_FORMATS = ("molrecipes-checkpoint-v1",)
 
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "read_checkpoint", "load_checkpoint",
            "check_meta", "atomic_torch_save"]
-
-
-def _rng_state() -> Dict[str, Any]:
-    """RNG states as plain data: Python's tuple, NumPy's as a dict of lists, torch's as uint8 tensors."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()  # the current device only: nodes differ in GPU count
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):
-        keys = np.asarray(numpy_state["keys"].numpy() if torch.is_tensor(numpy_state["keys"]) else numpy_state["keys"],
-                          dtype=np.uint32)
-        numpy_state = (numpy_state["kind"], keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"])
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        if isinstance(cuda, (list, tuple)):  # v1 files saved every device's state
-            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
-
-
-def _as_tuple(value):
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -113,7 +81,6 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "precision": precision.state_dict() if precision is not None else None,
         "position": dict(position),
-        "rng": _rng_state(),
         "extra": extra or {},
     }
     atomic_torch_save(state, path)
@@ -200,7 +167,7 @@ def check_meta(path: str, meta: Mapping[str, Any], expect: Mapping[str, Any]) ->
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                     scheduler: Any = None, precision: Any = None, map_location: Any = "cpu",
-                    strict: bool = True, restore_rng: bool = False, expect: Optional[Mapping[str, Any]] = None,
+                    strict: bool = True, expect: Optional[Mapping[str, Any]] = None,
                     state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Restore states saved by :func:`save_checkpoint`; returns ``{"epoch", "batch", "step", "position",
     "meta", "extra"}`` (``position`` is the saved dict, for ``runtime.loop.Position.from_dict``).
@@ -236,8 +203,6 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
             obj.load_state_dict(state[name])
         except (ValueError, KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(f"checkpoint {path}: cannot restore the {name} state ({err})") from err
-    if restore_rng and state.get("rng") and is_main_process():
-        _set_rng_state(state["rng"])
     position = state["position"]
     return {"epoch": int(position["epoch"]), "batch": int(position.get("batch", 0)), "step": int(position["step"]),
             "position": dict(position), "meta": state.get("meta", {}), "extra": state.get("extra", {})}

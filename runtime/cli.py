@@ -326,7 +326,10 @@ def refuse_unused(flag: str, why: str) -> None:
 def check_common_flags(args, given: Set[str]) -> None:
     """The shared flags, checked at parse time (before any data or model is loaded): fp16 autocast
     on CPU is refused; ``--amp_dtype`` without ``--amp`` and ``--tf32`` on CPU are ignored, with one
-    line saying so; a checkpoint path under ``--benchmark`` (which saves nothing) is refused."""
+    line saying so; ``--finetune`` needs a checkpoint; a checkpoint path under ``--benchmark`` (which
+    saves nothing) is refused."""
+    if getattr(args, "finetune", False) and not args.load_ckpt_path:
+        raise ConfigError("--finetune needs --load_ckpt_path (the checkpoint whose weights to start from)")
     if getattr(args, "benchmark", False) and getattr(args, "save_ckpt_path", None) and "save_ckpt_path" in given:
         refuse_unused("--save_ckpt_path", "with --benchmark (benchmarks write no checkpoint)")
     kind = device_type(args.device)

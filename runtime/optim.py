@@ -1,4 +1,18 @@
-"""Optimizer and learning-rate scheduler factories used by the recipes."""
+"""Optimizers and learning-rate schedules of the recipes.
+
+=======================  ==========================================================  ==================
+schedule                 rate                                                        used by
+=======================  ==========================================================  ==================
+``Scheduler("step")``    linear warm-up over ``warmup_steps``, then times ``gamma``   graph_parallel
+                         every ``step_size`` optimizer steps (stateful: checkpointed)  ``--scheduler step``
+``Scheduler("plateau")`` linear warm-up, then ReduceLROnPlateau on the evaluation      graph_parallel
+                         metric (stateful: checkpointed)                              (default)
+``CosineSchedule``       per-epoch cosine with warm restarts times a linear warm-up:  SE(3)
+                         a function of the position (no state to checkpoint)
+=======================  ==========================================================  ==================
+
+MoFlow trains at a constant rate, as its reference.
+"""
 from __future__ import annotations
 
 import math
@@ -9,7 +23,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lamb")
-SCHEDULERS = ("none", "cosine", "step", "plateau")
+SCHEDULERS = ("step", "plateau")
 
 
 class LAMB(Optimizer):
@@ -86,40 +100,28 @@ def make_optimizer(name: str, params: Iterable, lr: float, weight_decay: float =
 
 
 class Scheduler:
-    """One interface over LambdaLR-style schedules and ReduceLROnPlateau: call ``step(metric)``.
+    """One interface over the step decay and ReduceLROnPlateau, both after a linear warm-up: call
+    ``step()`` after every optimizer step and ``step(metric)`` after every scheduled evaluation."""
 
-    Step-based schedules (warm-up, cosine, step) advance once per call; the
-    plateau schedule warms up per call and then reduces on ``metric`` (call it once per evaluation).
-    """
-
-    def __init__(self, name: str, optimizer: Optimizer, *, warmup_steps: int = 0, total_steps: Optional[int] = None,
-                 step_size: Optional[int] = None, gamma: float = 0.1, patience: int = 5, factor: float = 0.8,
-                 min_lr: float = 0.0):
+    def __init__(self, name: str, optimizer: Optimizer, *, warmup_steps: int = 0, step_size: Optional[int] = None,
+                 gamma: float = 0.1, patience: int = 5, factor: float = 0.8, min_lr: float = 0.0):
         name = name.lower()
         if name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-        if name == "cosine" and not total_steps:
-            raise ValueError(f"the {name} schedule needs total_steps")
         if name == "step" and not step_size:
             raise ValueError("the step schedule needs step_size")
         self.name = name
         self.optimizer = optimizer
         self.warmup_steps = warmup_steps
-        base = [g["lr"] for g in optimizer.param_groups]
-        floor = [min_lr / b if b > 0 else 0.0 for b in base]
 
-        def factor_at(step: int, i: int = 0) -> float:
+        def factor_at(step: int) -> float:
             if warmup_steps and step < warmup_steps:
                 return (step + 1) / warmup_steps
-            t = step - warmup_steps
-            if name == "cosine":
-                frac = min(t / max(1, total_steps - warmup_steps), 1.0)
-                return floor[i] + (1 - floor[i]) * 0.5 * (1 + math.cos(math.pi * frac))
             if name == "step":
-                return gamma ** (t // step_size)
+                return gamma ** ((step - warmup_steps) // step_size)
             return 1.0
 
-        self.lambda_lr = LambdaLR(optimizer, [lambda s, i=i: factor_at(s, i) for i in range(len(base))])
+        self.lambda_lr = LambdaLR(optimizer, factor_at)
         self.plateau = (ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
                         if name == "plateau" else None)
 
@@ -147,3 +149,31 @@ class Scheduler:
 
 def make_scheduler(name: str, optimizer: Optimizer, **kwargs) -> Scheduler:
     return Scheduler(name, optimizer, **kwargs)
+
+
+class CosineSchedule:
+    """NVIDIA's SE(3) schedule as a function of the position.
+
+    ``lr(epoch, step) = (eta_min + (lr - eta_min) (1 + cos(pi (epoch mod epochs) / epochs)) / 2)
+    * min(1, (step + 1) / warmup_steps)``: the rate ``CosineAnnealingWarmRestarts(T_0=epochs,
+    eta_min)`` gives when stepped once per epoch, times a linear warm-up. It holds no state, so a
+    resumed run (any position) sets exactly the rates an uninterrupted run had.
+    """
+
+    def __init__(self, optimizer: Optimizer, lr: float, min_lr: Optional[float], epochs: int,
+                 warmup_steps: int = 0):
+        self.optimizer, self.lr, self.epochs, self.warmup_steps = optimizer, lr, epochs, warmup_steps
+        self.min_lr = lr / 10.0 if min_lr is None else min_lr
+
+    def lr_at(self, epoch: int, step: int) -> float:
+        t = (epoch % self.epochs) / self.epochs
+        rate = self.min_lr + (self.lr - self.min_lr) * (1 + math.cos(math.pi * t)) / 2
+        if self.warmup_steps:
+            rate *= min(1.0, (step + 1) / self.warmup_steps)
+        return rate
+
+    def apply(self, epoch: int, step: int) -> None:
+        """Set the rate of the optimizer step that follows ``step`` steps, in ``epoch``."""
+        rate = self.lr_at(epoch, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate

@@ -111,22 +111,20 @@ def add_model_args(parser: argparse.ArgumentParser, from_checkpoint: bool = Fals
                           "auto = full on CUDA, none (pairwise, measured fastest) on CPU")
     add_bool(exe, "--pad_trick", default=None,
              help="pad odd basis dimensions to even sizes (tensor cores) (default: false)")
+    parser.add_check(refuse_cuda_graphs)
 
 
-def resolve_model_args(args: argparse.Namespace) -> Dict:
-    """Fill unset architecture flags from ``--preset``; returns the architecture config."""
-    preset = PRESETS[args.preset]
-    for key in ARCH_KEYS:
-        if getattr(args, key) is None:
-            setattr(args, key, preset[key])
-    for key in ("low_memory", "pad_trick", "precompute_bases"):
-        setattr(args, key, bool(getattr(args, key)))
-    return model_config(args)
+def refuse_cuda_graphs(args, given) -> None:
+    if args.cuda_graphs:
+        raise ConfigError("--cuda_graphs is not supported by the SE(3)-Transformer: every batch of molecules has "
+                          "other node and edge counts, so no fixed-shape step can be captured; drop the flag")
 
 
 def model_config(args) -> Dict:
-    """The architecture (``ARCH_KEYS``) as plain data, as stored in checkpoints."""
-    return {k: getattr(args, k) for k in ARCH_KEYS}
+    """The architecture (``ARCH_KEYS``) as plain data, as stored in checkpoints: each flag given, else
+    the ``--preset``'s value."""
+    preset = PRESETS[args.preset]
+    return {k: preset[k] if getattr(args, k) is None else getattr(args, k) for k in ARCH_KEYS}
 
 
 def config_from_checkpoint(path: str, meta: Dict, args: argparse.Namespace) -> Dict:
@@ -140,7 +138,6 @@ def config_from_checkpoint(path: str, meta: Dict, args: argparse.Namespace) -> D
     if differ:
         raise ConfigError(f"the model flags disagree with checkpoint {path}: " + "; ".join(differ)
                           + " (the architecture comes from the checkpoint: drop these flags)")
-    args.__dict__.update({k: config[k] for k in ARCH_KEYS})
     return {k: config[k] for k in ARCH_KEYS}
 
 
@@ -308,9 +305,6 @@ class InferenceRun:
     """A trained model and one split of its data, set up from a checkpoint (see ``build_inference_parser``)."""
 
     def __init__(self, args: argparse.Namespace):
-        if args.cuda_graphs:
-            raise ConfigError("--cuda_graphs is not supported by the SE(3)-Transformer: every batch of molecules "
-                              "has other node and edge counts, so no fixed-shape step can be captured; drop the flag")
         self.env = init_distributed(timeout_minutes=args.dist_timeout, gpu_affinity=args.gpu_affinity,
                                     device=args.device)
         self.device = device = self.env.device
@@ -325,24 +319,20 @@ class InferenceRun:
             raise ConfigError(f"--task {args.task} disagrees with checkpoint {path}, which was trained on "
                               f"{meta.get('task')} (drop --task, or train on {args.task} with --finetune)")
         self.task = meta.get("task")
-        args.task = self.task
-        args.dataset = args.dataset or meta.get("dataset", "sample")
-        if args.num_molecules is None:
-            args.num_molecules = extra.get("num_molecules")
-        for key in ("low_memory", "pad_trick", "precompute_bases"):
-            setattr(args, key, bool(getattr(args, key)))
+        dataset = args.dataset or meta.get("dataset", "sample")
+        num_molecules = extra.get("num_molecules") if args.num_molecules is None else args.num_molecules
         if is_main_process():
             ensure_writable_dir(args.log_dir, "--log_dir")
         self.unit = extra.get("unit") or QM9_UNITS.get(self.task)
         self.scaler = TargetScaler(**extra["target_scaler"])
-        self.model = build_model(self.config, device, args.fuse_level, args.low_memory, args.pad_trick)
+        self.model = build_model(self.config, device, args.fuse_level, bool(args.low_memory), bool(args.pad_trick))
         load_checkpoint(path, self.model, state=state)
         self.model = self.model.to(device).eval()
 
         data_dir = args.data_dir or extra.get("data_dir") or DEFAULT_DATA_DIR  # the training run's, resolved
 
         def read():
-            return load_qm9(args.dataset, data_dir, args.num_molecules, create_parents=data_dir == DEFAULT_DATA_DIR)
+            return load_qm9(dataset, data_dir, num_molecules, create_parents=data_dir == DEFAULT_DATA_DIR)
 
         arrays = read() if is_main_process() else None
         barrier()
@@ -351,7 +341,7 @@ class InferenceRun:
         self.ids = dict(zip(("train", "val", "test"), split_indices(len(self.arrays), seed=0)))[args.split]
         report = None if args.silent or not is_main_process() else print
         bases = precompute_bases(self.arrays, self.model.transformer.max_degree, report=report) \
-            if args.precompute_bases else None
+            if args.precompute_bases else None                  # unset (None) means no
         self.dataset = QM9GraphDataset(self.arrays, self.ids, self.task, bases, split=args.split)
         self.loader = make_loader(self.dataset, args.batch_size,
                                   ShardSampler(len(self.dataset), self.env.world_size, self.env.rank),

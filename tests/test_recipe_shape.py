@@ -70,3 +70,53 @@ def test_train_evaluate_predict_from_another_directory(tmp_path, monkeypatch, se
         assert result["checkpoint"] == checkpoint and result["world_size"] == 1
         assert result["parameters"] > 0 and result[size] > 0
     assert scores["val_loss"] > 0 and scores["val_size"] >= 1  # <split>_loss: the training loss, on that split
+
+
+TRAIN_MODULES = ("moflow.train", "se3_transformer.train", "graph_parallel.train")
+
+
+@pytest.mark.parametrize("name", TRAIN_MODULES)
+def test_train_py_has_the_phases_of_runtime_recipe(name):
+    """Every train.py defines the same phase functions (runtime.recipe.PHASES), in that order in the
+    file, and its main is runtime.recipe.train_main over them."""
+    import ast
+    import importlib
+    import inspect
+
+    from runtime.recipe import PHASES
+
+    module = importlib.import_module(name)
+    tree = ast.parse(inspect.getsource(module))
+    defined = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert [d for d in defined if d in PHASES] == list(PHASES), defined
+    main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
+    calls = [n.func.id for n in ast.walk(main) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    assert calls == ["train_main"], calls
+    config_class = inspect.signature(module.build_config).return_annotation
+    assert "TrainConfig" in str(config_class)
+    assert module.TrainConfig.__dataclass_params__.frozen
+
+
+@pytest.mark.parametrize("path", ["moflow/train.py", "se3_transformer/train.py", "graph_parallel/train.py",
+                                  "se3_transformer/engine.py", "graph_parallel/engine.py", "runtime/recipe.py"])
+def test_no_recipe_writes_to_its_parsed_flags(path):
+    """The flags are read, never written: no ``args.x = ...``, ``setattr(args, ...)`` or
+    ``args.__dict__`` in the training code (the config holds what is resolved)."""
+    import ast
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = ast.parse(open(os.path.join(root, path)).read())
+    names = {"args", "flags"}
+    writes = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        writes += [ast.unparse(t) for t in targets if isinstance(t, ast.Attribute)
+                   and isinstance(t.value, ast.Name) and t.value.id in names]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" \
+                and isinstance(node.args[0], ast.Name) and node.args[0].id in names:
+            writes.append(ast.unparse(node))
+        if isinstance(node, ast.Attribute) and node.attr == "__dict__" and isinstance(node.value, ast.Name) \
+                and node.value.id in names:
+            writes.append(ast.unparse(node))
+    assert writes == [], f"{path} writes to its flags: {writes}"

@@ -1,5 +1,6 @@
 """DimeNet++ and GemNet-T/dT in graph-parallel form, and a registry of presets."""
-from dataclasses import replace
+from dataclasses import asdict, replace
+from typing import Tuple
 
 from torch import nn
 
@@ -14,18 +15,31 @@ MODELS = {"dimenetpp": (DimeNetPP, DIMENETPP_PRESETS), "gemnet_t": (GemNetT, GEM
 CONFIGS = {"dimenetpp": DimeNetPPConfig, "gemnet_t": GemNetConfig, "gemnet_dt": GemNetConfig}
 
 
-def build_model(name: str, preset: str = "base", **overrides) -> nn.Module:
-    """A model by name (``dimenetpp``, ``gemnet_t``, ``gemnet_dt``) and preset, with config overrides."""
+def preset_config(name: str, preset: str = "base", **overrides) -> dict:
+    """The full config of a model by name and preset, with overrides, as ``model.config_dict()`` gives it."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
-    cls, presets = MODELS[name]
+    presets = MODELS[name][1]
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {name}; choose from {sorted(presets)}")
     cfg = presets[preset]
     unknown = set(overrides) - set(cfg.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown {name} config field(s) {sorted(unknown)}")
-    return cls(replace(cfg, **overrides))
+    return asdict(replace(cfg, **overrides))
+
+
+def build_model(name: str, preset: str = "base", **overrides) -> nn.Module:
+    """A model by name (``dimenetpp``, ``gemnet_t``, ``gemnet_dt``) and preset, with config overrides."""
+    return model_from_config(name, preset_config(name, preset, **overrides))
+
+
+def graph_kinds(name: str, config: dict) -> Tuple[str, str]:
+    """(edge kind, triplet kind) of the batches model ``name`` with ``config`` reads: what
+    :func:`edge_kind` and ``model.triplet_kind`` say of the built model."""
+    cls = MODELS[name][0]
+    edges = config.get("symmetric_edges", "union") if cls.symmetric_graph else "directed"
+    return edges, cls.triplet_kind
 
 
 def model_from_config(name: str, config: dict) -> nn.Module:
@@ -39,6 +53,6 @@ def model_from_config(name: str, config: dict) -> nn.Module:
     return MODELS[name][0](cfg_cls(**config))
 
 
-__all__ = ["build_model", "model_from_config", "count_parameters", "predict", "model_graph", "edge_kind",
+__all__ = ["build_model", "preset_config", "graph_kinds", "model_from_config", "count_parameters", "predict", "model_graph", "edge_kind",
            "he_orthogonal_", "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig",
            "fit_scale_factors", "load_scale_file", "save_scale_file", "scale_factors_by_name"]

@@ -15,9 +15,9 @@ from functools import lru_cache
 from typing import Dict, List, Tuple, Union
 
 import torch
-from e3nn import o3
 from torch import Tensor
 
+from runtime.compile import eager
 from se3_transformer.model.fiber import degree_to_dim
 
 BasisKey = Union[Tuple[int, int], str]
@@ -32,6 +32,8 @@ def num_frequencies(degree_in: int, degree_out: int) -> int:
 @lru_cache(maxsize=None)
 def clebsch_gordan(J: int, degree_in: int, degree_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Cached coupling tensor ``Q_J`` laid out ``[2k+1, 2l+1, 2J+1]`` (k = out, l = in)."""
+    from e3nn import o3  # here, not at import: e3nn imports torch._dynamo (seconds before a bad flag is refused)
+
     return o3.wigner_3j(J, degree_in, degree_out, dtype=torch.float64, device=device).permute(2, 1, 0).to(dtype)
 
 
@@ -48,6 +50,8 @@ def spherical_harmonics(relative_pos: Tensor, max_J: int) -> List[Tensor]:
                 raise ValueError("non-finite (NaN or infinite) atom coordinates: an edge has a non-finite "
                                  "relative position")
             raise ValueError("an edge joins two atoms at the same position (zero-length relative position)")
+    from e3nn import o3  # see clebsch_gordan
+
     degrees = list(range(max_J + 1))
     sh = o3.spherical_harmonics(degrees, relative_pos, normalize=True, normalization="component")
     return list(torch.split(sh, [degree_to_dim(J) for J in degrees], dim=1))
@@ -78,7 +82,7 @@ def basis_max_degree(basis: Basis) -> int:
     return max(k[0] for k in basis if isinstance(k, tuple))
 
 
-@torch.compiler.disable  # plain tensor bookkeeping; keeps torch.compile from tracing dict building
+@eager  # plain tensor bookkeeping; keeps torch.compile from tracing dict building
 def fuse_basis(basis: Basis, fully_fused: bool = True, partially_fused: bool = True) -> Basis:
     """Return a copy of ``basis`` with the fused layouts added (only those asked for).
 
@@ -134,7 +138,7 @@ def fuse_basis(basis: Basis, fully_fused: bool = True, partially_fused: bool = T
     return fused
 
 
-@torch.compiler.disable  # plain tensor bookkeeping
+@eager  # plain tensor bookkeeping
 def pair_basis(basis: Basis) -> Basis:
     """Add ``"pair{l}{k}"`` layouts for paired edges (edge ``e + E/2`` reverses edge ``e``).
 
@@ -154,7 +158,7 @@ def pair_basis(basis: Basis) -> Basis:
     return out
 
 
-@torch.compiler.disable  # e3nn's Clebsch-Gordan construction is Python-heavy; run it eagerly
+@eager  # e3nn's Clebsch-Gordan construction is Python-heavy; run it eagerly
 def get_basis(relative_pos: Tensor, max_degree: int, use_pad_trick: bool = False, fully_fused: bool = True,
               partially_fused: bool = True) -> Basis:
     """Pairwise and requested fused bases for a batch of edges. No gradient flows into positions."""

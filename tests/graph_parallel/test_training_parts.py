@@ -133,7 +133,8 @@ def _new_run_worker(rank, world):
     train.fit_scale_factors = fake_fit
     train.scale_factor_batches = lambda *a: []
     args = train.build_parser().parse_args(["--model", "gemnet_t"])
-    source = train.start_new_run(model, args, None, None, "cpu")
+    train.start_new_run(model, "gemnet_t", args, None, None, "cpu")
+    source = train.scale_source(args, "gemnet_t", None)
     factors = [float(f.scale) for f in scale_factors_by_name(model).values()]
     return source, fitted, factors, [t.detach().clone() for t in [*model.parameters(), *model.buffers()]]
 

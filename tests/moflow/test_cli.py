@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from moflow import evaluate, generate, preprocess, train
+from moflow.generate import load_trained_model
 from runtime.checkpoint import CheckpointError, read_checkpoint
 from runtime.logging import read_dllogger
 
@@ -21,11 +22,12 @@ def data_dir(tmp_path_factory):
     return str(d)
 
 
-def _train(data_dir, run_dir, *extra):
-    args = train.build_parser().parse_args(
-        ["--data_dir", data_dir, "--log_dir", str(run_dir), "--save_ckpt_path", str(run_dir / "checkpoint.pt"),
-         "--log_interval", "1", *TINY, *extra])
-    return train.train(args)["model"]
+def _train(data_dir, run_dir, *extra, device="cpu"):
+    """Train; the trained model as its last checkpoint holds it (None under --benchmark)."""
+    ckpt = run_dir / "checkpoint.pt"
+    train.main(["--data_dir", data_dir, "--log_dir", str(run_dir), "--save_ckpt_path", str(ckpt),
+                "--log_interval", "1", *TINY, *extra])
+    return load_trained_model(str(ckpt), device)[0] if "--benchmark" not in extra else None
 
 
 def test_train_resume_generate_evaluate(data_dir, tmp_path):
@@ -178,9 +180,10 @@ def test_cuda_streams_graphs_and_fp16_train(data_dir, tmp_path):
     """The GPU-only path: two streams, channels-last Glow, fp16 + GradScaler, CUDA graph capture."""
     run = tmp_path / "cuda"
     model = _train(data_dir, run, "--epochs", "2", "--amp", "--cuda_graphs", "--cuda_graph_warmup", "2",
-                   "--val_samples", "8")
+                   "--val_samples", "8", device="cuda")
     assert next(model.parameters()).is_cuda
     records = read_dllogger(str(run / "log.json"))
+    assert not any("no CUDA graph was captured" in str(r.get("data", {}).get("stop_reason", "")) for r in records)
     losses = [r["data"]["train_loss"] for r in records if r["type"] == "LOG" and "train_loss" in r.get("data", {})]
     assert losses and all(isinstance(v, float) and v == v for v in losses)
     assert read_checkpoint(str(run / "checkpoint.pt"))["precision"].get("scaler")

@@ -6,13 +6,20 @@ from runtime.testing import run_distributed
 
 
 def _train_rank(rank, world_size, data_dir, run_dir):
-    args = train.build_parser().parse_args(
-        ["--data_dir", data_dir, "--log_dir", run_dir, "--save_ckpt_path", f"{run_dir}/checkpoint.pt",
-         "--epochs", "1", "--batch_size", "8", "--val_samples", "0", "--silent", "--b_n_flow", "2",
-         "--b_hidden_ch", "8", "--b_n_squeeze", "6", "--a_n_flow", "3", "--a_hidden_gnn", "8",
-         "--a_hidden_lin", "8", "--log_interval", "1"])
-    model = train.train(args)["model"]
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    """Each rank's weights after training (only rank 0 saves a checkpoint, so the loop phase is watched)."""
+    trained = {}
+    run_loop = train.run_loop
+
+    def watched(config, env, data, model, *rest):
+        trained["model"] = model
+        return run_loop(config, env, data, model, *rest)
+
+    train.run_loop = watched                                  # train_main looks the phase up on the module
+    train.main(["--data_dir", data_dir, "--log_dir", run_dir, "--save_ckpt_path", f"{run_dir}/checkpoint.pt",
+                "--epochs", "1", "--batch_size", "8", "--val_samples", "0", "--silent", "--b_n_flow", "2",
+                "--b_hidden_ch", "8", "--b_n_squeeze", "6", "--a_n_flow", "3", "--a_hidden_gnn", "8",
+                "--a_hidden_lin", "8", "--log_interval", "1"])
+    return {k: v.clone() for k, v in trained["model"].state_dict().items()}
 
 
 def test_ddp_two_processes_stay_in_sync(tmp_path):

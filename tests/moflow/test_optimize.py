@@ -87,9 +87,8 @@ def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("moflow_opt")
     preprocess.main(["--dataset", "sample", "--data_dir", str(d), "--max_molecules", "200",
                      "--max_atoms", "18", "--max_nodes", "18", "--valid_fraction", "0.1"])
-    args = train.build_parser().parse_args(["--data_dir", str(d), "--log_dir", str(d / "run"), "--save_ckpt_path",
-                                            str(d / "run" / "checkpoint.pt"), "--epochs", "1", *TINY])
-    train.train(args)
+    train.main(["--data_dir", str(d), "--log_dir", str(d / "run"), "--save_ckpt_path",
+                str(d / "run" / "checkpoint.pt"), "--epochs", "1", *TINY])
     return d
 
 

@@ -32,7 +32,7 @@ class _Recipe:
         if world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model)
         self.opt = make_optimizer("adamw", self.model.parameters(), lr=1e-2, weight_decay=1e-2)
-        self.sched = make_scheduler("cosine", self.opt, warmup_steps=2, total_steps=40)
+        self.sched = make_scheduler("step", self.opt, warmup_steps=2, step_size=5, gamma=0.7)
         self.path = os.path.join(tmp, "ckpt.pt")
         self.nan_at_step = nan_at_step
         self.dataset = _dataset()

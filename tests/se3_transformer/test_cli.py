@@ -9,6 +9,7 @@ import torch
 from runtime import vocabulary
 from runtime.errors import ConfigError, run_main
 from runtime.logging import read_dllogger
+from runtime.optim import CosineSchedule
 from runtime.testing import run_distributed
 from se3_transformer import evaluate, predict, train
 from tests.se3_transformer.helpers import epoch_records, log_records, random_batch, summary, train_args
@@ -42,12 +43,12 @@ def test_schedule_is_nvidias_per_epoch_cosine_with_warm_restarts():
     model = torch.nn.Linear(2, 1)
     reference_opt = torch.optim.SGD(model.parameters(), lr=0.002)
     reference = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(reference_opt, T_0=5, eta_min=0.0002)
-    ours = train.CosineSchedule(torch.optim.SGD(model.parameters(), lr=0.002), 0.002, None, epochs=5)
+    ours = CosineSchedule(torch.optim.SGD(model.parameters(), lr=0.002), 0.002, None, epochs=5)
     for epoch in range(12):  # past two restarts
         assert ours.lr_at(epoch, step=1000) == pytest.approx(reference.get_last_lr()[0], rel=1e-12, abs=0)
         reference_opt.step()
         reference.step()
-    warm = train.CosineSchedule(reference_opt, 0.002, 1e-5, epochs=5, warmup_steps=4)
+    warm = CosineSchedule(reference_opt, 0.002, 1e-5, epochs=5, warmup_steps=4)
     assert [warm.lr_at(0, s) for s in range(5)] == pytest.approx([0.0005, 0.001, 0.0015, 0.002, 0.002])
 
 
@@ -93,7 +94,7 @@ def test_checkpoints_written_before_the_port_still_evaluate(trained, tmp_path):
     out, result = trained
     state = torch.load(out / "model.pt", weights_only=True)
     legacy = {"format": "molrecipes-checkpoint-v1", "model": state["model"], "optimizer": None, "scheduler": None,
-              "precision": None, "epoch": 6, "step": 30, "rng": state["rng"],
+              "precision": None, "epoch": 6, "step": 30,
               "extra": {"model_config": {**state["meta"]["config"], "low_memory": False, "fuse_level": "auto",
                                          "pad_trick": False},
                         "target_scaler": state["extra"]["target_scaler"], "task": "homo", "unit": "eV",
@@ -166,7 +167,9 @@ def test_evaluate_and_predict_errors(capsys, tmp_path):
 
 def test_tf32_is_left_alone_unless_asked(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "set_tf32", calls.append)
+    import runtime.precision
+
+    monkeypatch.setattr(runtime.precision, "set_tf32", calls.append)
     train.main(train_args(tmp_path, "--epochs", "1", "--max_steps", "1", ckpt=False))
     assert calls == []
     train.main(train_args(tmp_path, "--epochs", "1", "--max_steps", "1", "--tf32", "false", ckpt=False))
