@@ -134,10 +134,11 @@ def phase_step(args):
     return step, args.reverse_batch_size
 
 
-def run_phase(args) -> dict:
+def run_phase(args, build=phase_step) -> dict:
+    """The BENCH figures of ``args.phase``; ``build(args)`` gives (step function, molecules per step)."""
     import torch
     torch.set_num_threads(args.threads)
-    step, batch = phase_step(args)
+    step, batch = build(args)
     wall, cpu, before = harness.timed(step, args.warmup, args.steps)
     peak = harness.peak_rss_mb()
     p, seconds, cpu = args.phase, harness.median(wall), harness.median(cpu)
