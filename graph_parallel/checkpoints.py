@@ -23,7 +23,7 @@ from torch import nn
 from runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from runtime.errors import CheckpointError
 
-from graph_parallel.models import MODELS, model_from_config
+from graph_parallel.models import MODELS, config_from_dict, model_from_config
 
 RECIPE = "graph_parallel"
 
@@ -55,16 +55,9 @@ def model_from_checkpoint(path: str, device="cpu", use_ema: bool = True) -> Tupl
     meta, extra = state.get("meta") or {}, state.get("extra") or {}
     if meta.get("recipe") not in (None, RECIPE):
         raise CheckpointError(f"checkpoint {path} is a {meta['recipe']!r} checkpoint, not a graph_parallel one")
-    name = meta.get("model") or extra.get("model_name")            # older training checkpoints: in extra
-    config = meta.get("config") or extra.get("config")
-    if name not in MODELS or not isinstance(config, dict):
-        raise CheckpointError(f"checkpoint {path} does not say which graph_parallel model it holds (meta 'model' "
-                              f"{name!r}, 'config' {type(config).__name__}); write it with "
-                              "graph_parallel.checkpoints.write_model_checkpoint")
-    try:
-        model = model_from_config(name, config)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path}: cannot build {name} from its config ({err})") from None
+    name, config = checkpoint_model(path, state)
+    check_buildable(path, name, config)
+    model = model_from_config(name, config)
     load_checkpoint(path, model, state=state)
     ema_loaded = False
     ema = extra.get("ema")
@@ -84,3 +77,24 @@ def model_from_checkpoint(path: str, device="cpu", use_ema: bool = True) -> Tupl
             "max_neighbors": int(extra["max_neighbors"]), "preset": extra.get("preset"), "ema": ema_loaded,
             "meta": meta, "extra": extra}
     return model.to(torch.device(device)).eval(), info
+
+
+def checkpoint_model(path: str, state: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """``(name, config)`` of the model a graph_parallel checkpoint holds (older training checkpoints
+    record them in ``extra``); one that does not say is refused. The caller has checked the recipe."""
+    meta, extra = state.get("meta") or {}, state.get("extra") or {}
+    name = meta.get("model") or extra.get("model_name")
+    config = meta.get("config") or extra.get("config")
+    if name not in MODELS or not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {path} does not say which graph_parallel model it holds (meta 'model' "
+                              f"{name!r}, 'config' {type(config).__name__}); write it with "
+                              "graph_parallel.checkpoints.write_model_checkpoint")
+    return name, dict(config)
+
+
+def check_buildable(path: str, name: str, config: Dict[str, Any]) -> None:
+    """Refuse a checkpoint config that no longer makes a ``name`` model (fields renamed or removed)."""
+    try:
+        config_from_dict(name, config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path}: cannot build {name} from its config ({err})") from None

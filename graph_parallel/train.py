@@ -44,6 +44,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from graph_parallel.checkpoints import check_buildable, checkpoint_model
 from graph_parallel.data import Collater
 from graph_parallel.ema import EMA
 from graph_parallel.engine import DEFAULT_CUTOFF, DEFAULT_DATA_DIR, DEFAULT_MAX_NEIGHBORS, EMBEDDED, RECIPE, \
@@ -330,7 +331,6 @@ def resolve_model(args, state: Optional[Dict]):
     architecture (flags that disagree are refused); ``--finetune``: the checkpoint's architecture
     (converted ones too); a new run: the flags, with ``--fairchem_config``'s fields."""
     path = args.load_ckpt_path
-    meta = (state or {}).get("meta") or {}
     extra = (state or {}).get("extra") or {}
     overrides = getattr(args, "model_config", None) or {}         # set by --fairchem_config
     if state is None:
@@ -338,16 +338,14 @@ def resolve_model(args, state: Optional[Dict]):
         cutoff = DEFAULT_CUTOFF if args.cutoff is None else args.cutoff
         return (name, preset, _preset_config(name, preset, cutoff, overrides), cutoff,
                 DEFAULT_MAX_NEIGHBORS if args.max_neighbors is None else args.max_neighbors)
-    if meta.get("recipe") not in (None, RECIPE):      # None: written before meta carried the identity
-        raise CheckpointError(f"checkpoint {path} does not match this run: recipe: checkpoint has "
-                              f"{meta.get('recipe')!r}, this run has {RECIPE!r}")
-    name = meta.get("model") or extra.get("model_name")
-    saved = meta.get("config") or extra.get("config")
+    recipe = (state.get("meta") or {}).get("recipe")
+    if recipe not in (None, RECIPE):                   # None: written before meta carried the identity
+        raise CheckpointError(f"checkpoint {path} does not match this run: recipe: checkpoint has {recipe!r}, "
+                              f"this run has {RECIPE!r}")
+    name, saved = checkpoint_model(path, state)
     if args.model is not None and args.model != name:
         raise CheckpointError(f"checkpoint {path} does not match this run: model: checkpoint has {name!r}, "
                               f"this run has {args.model!r}")
-    if name not in MODELS or not isinstance(saved, dict):
-        raise CheckpointError(f"checkpoint {path} does not say which graph_parallel model it holds")
     cutoff = float(saved.get("cutoff", DEFAULT_CUTOFF)) if args.cutoff is None else args.cutoff
     max_neighbors = int(extra.get("max_neighbors") or DEFAULT_MAX_NEIGHBORS) if args.max_neighbors is None \
         else args.max_neighbors
@@ -362,11 +360,8 @@ def resolve_model(args, state: Optional[Dict]):
             if differ:
                 raise ConfigError(f"--preset {args.preset} disagrees with checkpoint {path}: " + "; ".join(differ)
                                   + " (--finetune keeps the checkpoint's architecture: drop --preset)")
-        try:
-            model_from_config(name, saved)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {path}: cannot build {name} from its config ({err})") from None
-        return name, extra.get("preset"), dict(saved), cutoff, max_neighbors
+        check_buildable(path, name, saved)
+        return name, extra.get("preset"), saved, cutoff, max_neighbors
     preset = args.preset or extra.get("preset") or "base"
     config = _preset_config(name, preset, cutoff, overrides)
     differ = config_differences(saved, config)

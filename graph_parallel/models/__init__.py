@@ -4,7 +4,8 @@ from typing import Tuple
 
 from torch import nn
 
-from graph_parallel.models.common import count_parameters, edge_kind, he_orthogonal_, model_graph, predict
+from graph_parallel.models.common import count_parameters, edge_kind, edge_kind_of, he_orthogonal_, model_graph, \
+    predict
 from graph_parallel.models.dimenet_pp import PRESETS as DIMENETPP_PRESETS, DimeNetPP, DimeNetPPConfig
 from graph_parallel.models.gemnet import (PRESETS as GEMNET_PRESETS, GemNetConfig, GemNetT, fit_scale_factors,
                                           load_scale_file, save_scale_file, scale_factors_by_name)
@@ -35,24 +36,28 @@ def build_model(name: str, preset: str = "base", **overrides) -> nn.Module:
 
 
 def graph_kinds(name: str, config: dict) -> Tuple[str, str]:
-    """(edge kind, triplet kind) of the batches model ``name`` with ``config`` reads: what
-    :func:`edge_kind` and ``model.triplet_kind`` say of the built model."""
+    """(edge kind, triplet kind) of the batches model ``name`` with ``config`` reads, without building
+    it: what :func:`edge_kind` and ``model.triplet_kind`` say of the built model."""
     cls = MODELS[name][0]
-    edges = config.get("symmetric_edges", "union") if cls.symmetric_graph else "directed"
-    return edges, cls.triplet_kind
+    return edge_kind_of(cls, config_from_dict(name, config)), cls.triplet_kind
 
 
-def model_from_config(name: str, config: dict) -> nn.Module:
-    """A model by name from a full config dict (``model.config_dict()``, as checkpoints store it)."""
+def config_from_dict(name: str, config: dict):
+    """The config dataclass of model ``name`` from a full config dict (as checkpoints store it)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     cfg_cls = CONFIGS[name]
     unknown = set(config) - set(cfg_cls.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown {name} config field(s) {sorted(unknown)}")
-    return MODELS[name][0](cfg_cls(**config))
+    return cfg_cls(**config)
 
 
-__all__ = ["build_model", "preset_config", "graph_kinds", "model_from_config", "count_parameters", "predict", "model_graph", "edge_kind",
-           "he_orthogonal_", "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig",
+def model_from_config(name: str, config: dict) -> nn.Module:
+    """A model by name from a full config dict (``model.config_dict()``, as checkpoints store it)."""
+    return MODELS[name][0](config_from_dict(name, config))
+
+
+__all__ = ["build_model", "preset_config", "config_from_dict", "graph_kinds", "model_from_config", "count_parameters",
+           "predict", "model_graph", "edge_kind", "edge_kind_of", "he_orthogonal_", "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig",
            "fit_scale_factors", "load_scale_file", "save_scale_file", "scale_factors_by_name"]

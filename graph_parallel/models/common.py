@@ -167,9 +167,14 @@ def at_least_float32(x: Tensor) -> Tensor:
 def edge_kind(model: nn.Module) -> str:
     """The radius graph ``model`` expects (see :data:`graph_parallel.data.radius_graph.EDGE_KINDS`):
     "directed" for DimeNet++; for GemNet its ``symmetric_edges`` option, "union" or "one_sided"."""
-    if not model.symmetric_graph:
+    return edge_kind_of(type(model), getattr(model, "cfg", None))
+
+
+def edge_kind_of(model_class: type, cfg) -> str:
+    """:func:`edge_kind` of a model of class ``model_class`` with config ``cfg``, without building it."""
+    if not model_class.symmetric_graph:
         return "directed"
-    return getattr(getattr(model, "cfg", None), "symmetric_edges", "union")
+    return getattr(cfg, "symmetric_edges", "union")
 
 
 def model_graph(model: nn.Module, pos: Tensor, cell: Tensor, cutoff: float, max_neighbors: int,

@@ -148,3 +148,14 @@ def test_new_run_fits_scale_factors_on_rank_0_and_broadcasts_the_whole_model():
     assert all(torch.equal(a, b) for a, b in zip(state0, state1))
     torch.manual_seed(0)
     assert torch.equal(state1[0], next(build_model("gemnet_t", "small").parameters()).detach())
+
+
+@pytest.mark.parametrize("name,overrides", [("dimenetpp", {}), ("gemnet_t", {}), ("gemnet_dt", {}),
+                                            ("gemnet_t", {"symmetric_edges": "one_sided"})])
+def test_graph_kinds_of_a_config_are_those_of_the_built_model(name, overrides):
+    """Training builds its collater from the config (before the model exists); evaluate, predict and
+    the calculator from the model: both must ask for the same radius graph and triplets."""
+    from graph_parallel.models import edge_kind, graph_kinds, preset_config
+
+    model = build_model(name, "small", **overrides)
+    assert graph_kinds(name, preset_config(name, "small", **overrides)) == (edge_kind(model), model.triplet_kind)
