@@ -36,48 +36,71 @@ def triplet_cosines(vec_ji: Tensor, dist_ji: Tensor, vec_kj: Tensor, dist_kj: Te
 
 
 class _SiLUFn(torch.autograd.Function):
-    """y = silu(x) * scale. Its backward is :class:`_SiLUGradFn`, itself differentiable, so
-    conservative forces (``create_graph=True``) can be differentiated again by the training loss
-    (second derivatives; a third raises). Autograd's own twice-differentiable silu backward records
-    ~6 elementwise ops per activation, whose derivatives are again several each; here the first
-    backward is one fused ``silu_backward`` and the second a closed form."""
+    """y = scale * silu(x), twice differentiable for conservative forces trained by a loss on them.
+
+    Autograd's own twice-differentiable silu records ~6 elementwise ops per activation, whose
+    derivatives are again several each. Here a training step with forces evaluates the sigmoid
+    twice per activation, the least it can (on this project's CPUs one sigmoid costs about three
+    multiplies; the fused ``silu_backward`` as much as a sigmoid):
+
+    ============================  ==========================================================
+    pass                          work per activation
+    ============================  ==========================================================
+    forward                       ``silu`` (sigmoid 1)
+    backward, no ``create_graph`` ``silu_backward`` (sigmoid 2): inference forces, direct-force training
+    backward, ``create_graph``    :class:`_SiLUGradFn`: sigmoid 2, then f'(x) and grad * f''(x)
+                                  (9 elementwise ops); ``x`` is released, f'(x) kept instead
+    the training loss' backward   three multiplies with the kept tensors, no sigmoid
+    ============================  ==========================================================
+
+    The create_graph graph keeps two [N, C] tensors per activation, f'(x) and grad * f''(x), where
+    autograd's keeps x and grad: the same memory. A second ``create_graph`` backward through one
+    forward raises (x is gone); a third derivative raises as well."""
 
     @staticmethod
     def forward(ctx, x, scale):
-        ctx.save_for_backward(x)
-        ctx.scale = scale
+        ctx.x, ctx.scale, ctx.slope = x, scale, None      # x on ctx, not saved: released after create_graph
         y = torch.nn.functional.silu(x)
         return y.mul_(scale) if scale != 1.0 else y
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return _SiLUGradFn.apply(grad, x, ctx.scale), None
+        if ctx.slope is not None:                         # after the create_graph pass: f'(x) kept, x gone
+            if torch.is_grad_enabled():
+                raise RuntimeError("FusedSiLU: a second create_graph backward through one forward is not "
+                                   "supported; run the forward again")
+            return grad * ctx.slope, None
+        if not torch.is_grad_enabled():
+            return _silu_grad(grad, ctx.x, ctx.scale), None
+        return _SiLUGradFn.apply(grad, ctx.x, ctx), None
 
 
 class _SiLUGradFn(torch.autograd.Function):
-    """(grad, x) -> grad * f'(x), f = scale * silu: f'(x) = scale * s (1 + x (1 - s)), s = sigmoid(x)."""
+    """(grad, x) -> grad * f'(x) for f = scale * silu, with s = sigmoid(x) and q = s (1 - s):
+    f'(x) = scale (s + x q), f''(x) = scale (2 q + x q (1 - 2 s)). Keeps f'(x) (also handed to the
+    forward's node, which then drops x) and grad * f''(x); its own backward is two multiplies."""
 
     @staticmethod
-    def forward(ctx, grad, x, scale):
-        ctx.save_for_backward(grad, x)
-        ctx.scale = scale
-        return _silu_grad(grad, x, scale)
+    def forward(ctx, grad, x, silu_ctx):
+        scale = silu_ctx.scale
+        s = torch.sigmoid(x)
+        q = torch.addcmul(s, s, s, value=-1.0)
+        xq = x * q
+        slope = torch.add(s, xq)
+        if scale != 1.0:
+            slope.mul_(scale)
+        curve = None
+        if ctx.needs_input_grad[1]:     # grad * f''(x) = 2 scale grad (q + xq / 2 - xq s)
+            curve = torch.add(q, xq, alpha=0.5).addcmul_(xq, s, value=-1.0).mul_(grad).mul_(2.0 * scale)
+        silu_ctx.slope, silu_ctx.x = slope, None
+        ctx.slope, ctx.curve = slope, curve
+        return grad * slope
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gg):
-        grad, x = ctx.saved_tensors
-        d_grad = d_x = None
-        if ctx.needs_input_grad[0]:
-            d_grad = _silu_grad(gg, x, ctx.scale)
-        if ctx.needs_input_grad[1]:
-            # f''(x) = scale * s (1 - s) (2 + x (1 - 2 s))
-            s = torch.sigmoid(x)
-            d_x = torch.mul(s, -2.0).add_(1.0).mul_(x).add_(2.0).mul_(s)
-            d_x.mul_(s.neg_().add_(1.0)).mul_(grad).mul_(gg)
-            if ctx.scale != 1.0:
-                d_x.mul_(ctx.scale)
+        d_grad = gg * ctx.slope if ctx.needs_input_grad[0] else None
+        d_x = gg * ctx.curve if ctx.needs_input_grad[1] else None
         return d_grad, d_x, None
 
 

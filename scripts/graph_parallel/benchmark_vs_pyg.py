@@ -47,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of each model per round)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also print each model's top ROWS ops per phase")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -230,6 +231,11 @@ def run(args) -> dict:
                         f"ratio_{phase}_cpu_speedup_paired": statistics.median(paired),
                         f"ratio_{phase}_peak_memory": figures[f"ours_{phase}_peak_memory_mb"]
                         / max(figures[f"pyg_{phase}_peak_memory_mb"], 1e-9)})
+        if args.profile:
+            for name in fns:
+                prof, _ = harness.profile_steps(lambda i, f=fns[name]: f(), 0, 1)
+                print(f"\n{name}: top ops of one {phase} step")
+                harness.print_profile(prof, 1, args.profile, "range | share | ms/step | calls/step", digits=1)
     return figures
 
 

@@ -33,6 +33,47 @@ def test_fused_silu_equals_autograd_silu(scale):
     _assert_all_close(fused, ref)
 
 
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_fused_silu_training_step_evaluates_the_sigmoid_twice():
+    """Forward, forces with create_graph, the loss' backward: two sigmoid evaluations (silu, sigmoid,
+    silu_backward each make one), where the first fused version made five."""
+    x = torch.randn(8, 4, requires_grad=True)
+    with _CountOps() as ops:
+        y = FusedSiLU(1 / 0.6)(x * 2.0)
+        (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        (g.square().sum() + y.square().sum()).backward()
+    assert sum(ops.counts.get(op, 0) for op in ("silu", "sigmoid", "silu_backward")) == 2, ops.counts
+
+
+def test_fused_silu_releases_its_input_after_the_create_graph_pass():
+    """The create_graph graph keeps f'(x) and grad * f''(x) instead of x and grad: no more memory
+    than autograd's silu; and a second create_graph pass, which would need x, raises."""
+    import gc
+    import weakref
+    w = torch.randn(4, 4, requires_grad=True)
+    inner = torch.randn(8, 4) @ w                  # an intermediate, kept only by the activation
+    ref = weakref.ref(inner)
+    y = FusedSiLU()(inner)
+    del inner
+    gc.collect()
+    assert ref() is not None
+    (g,) = torch.autograd.grad(y.sum(), w, create_graph=True, retain_graph=True)
+    gc.collect()
+    assert ref() is None
+    with pytest.raises(RuntimeError, match="second create_graph"):
+        torch.autograd.grad(y.sum(), w, create_graph=True)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_parallel_linear_equals_separate_linears(bias):
     torch.manual_seed(1)
