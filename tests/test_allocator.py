@@ -76,3 +76,19 @@ def test_a_script_started_by_a_script_replaces_the_parents_choice(tmp_path):
     child = f'MOLRECIPES_ALLOCATOR=jemalloc bash -c \'source "{ROOT}/scripts/env.sh" && {SHOW}\''
     stdout, _, _ = sourced(child, MOLRECIPES_LIB_PATH=str(tmp_path), MOLRECIPES_ALLOCATOR="glibc")
     assert stdout == f"used=jemalloc preload={tmp_path}/libjemalloc.so.2 mmap_max="
+
+
+def test_openmp_workers_sleep_unless_the_caller_chose():
+    """env.sh makes waiting OpenMP workers sleep (PASSIVE) and keeps a policy the caller set; torch's
+    OpenMP runtime reads it (libgomp lists its settings under OMP_DISPLAY_ENV)."""
+    show = 'echo "policy=$OMP_WAIT_POLICY"'
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run(["bash", "-c", f'source "{ROOT}/scripts/env.sh" && {show}'], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "policy=PASSIVE"
+    assert sourced(show, OMP_WAIT_POLICY="ACTIVE")[0] == "policy=ACTIVE"
+    _, stderr, code = sourced(f'{sys.executable} -c "import torch; torch.ones(1)"', OMP_DISPLAY_ENV="TRUE",
+                              OMP_WAIT_POLICY="")       # empty counts as not set
+    if "OMP_WAIT_POLICY" not in stderr:
+        pytest.skip("this torch's OpenMP runtime does not list its settings (not libgomp)")
+    assert code == 0 and "OMP_WAIT_POLICY = 'PASSIVE'" in stderr

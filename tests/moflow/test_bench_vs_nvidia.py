@@ -52,3 +52,25 @@ def test_interleaved_comparison_under_load(tmp_path):
     # the same model sizes: NVIDIA's full-row graph coupling counts more FLOPs than ours, never fewer
     assert nvidia["train_gflop_per_step"] > ours["train_gflop_per_step"] > 0
     assert record["summary"]["train_cpu_ms"]["ratio"] > 0
+
+
+def test_load_processes_start_that_many_generators_and_stop_them(monkeypatch):
+    started = []
+
+    class FakeLoad:
+        killed = False
+
+        def kill(self):
+            self.killed = True
+
+        def wait(self):
+            pass
+
+    monkeypatch.setattr(benchmark_vs_nvidia, "start_load", lambda kind, cpu: started.append(FakeLoad()) or started[-1])
+    monkeypatch.setattr(benchmark_vs_nvidia, "run_one",
+                        lambda cmd, cpu, tree: {"train_cpu_ms": 3.0 if "bench_nvidia.py" in cmd[1] else 2.0})
+    lines = []
+    record = benchmark_vs_nvidia.compare("/nv", [], 2, "matmul", False, log=lines.append, load_processes=2)
+    assert len(started) == 2 and all(load.killed for load in started)
+    assert record["load_processes"] == 2 and len(record["runs"]) == 4
+    assert "speed-up (CPU time per step, NVIDIA / ours): 1.50x" in lines[-1] and "load matmul x2" in lines[-1]
