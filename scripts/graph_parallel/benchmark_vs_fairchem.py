@@ -15,7 +15,8 @@ forces (conservative: autograd with ``create_graph=True``; dT: the direct force 
 MSE + force MSE, backward, AdamW step, zero_grad. Reported per model: ``*_cpu_ms`` (median CPU time
 of the process per step), ``*_wall_ms`` (median), ``*_peak_memory_mb`` (the process's peak RSS
 during that model's steps, high-water mark reset before each step via /proc/self/clear_refs; both
-models live in the process, so it includes the other's weights), and the paired median speed-up
+models live in the process, so it includes the other's weights; NaN under a preloaded caching allocator,
+which keeps the memory either model frees), and the paired median speed-up
 fairchem/ours in CPU time. ``--profile`` adds each model's top ops. One ``BENCH {json}`` line.
 """
 import argparse
@@ -30,7 +31,7 @@ sys.path.append(ROOT)
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # scripts/: the shared harness
 import bench_harness as harness  # noqa: E402
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from benchmark_vs_pyg import interleaved_steps, s2ef_train_step  # noqa: E402  (the rounds and peak RSS, as for PyG)
+from benchmark_vs_pyg import interleaved_steps, peak_memory_note, s2ef_train_step  # noqa: E402  (the rounds and peak RSS, as for PyG)
 
 SIZES = {   # the OC20 GemNet-T/dT sizes (= our "base" preset) and a tiny one for smoke runs
     "base": dict(num_spherical=7, num_radial=128, num_blocks=3, emb_size_atom=512, emb_size_edge=512,
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
           f"edges), train with forces, {args.rounds} interleaved rounds after {args.warmup} warm-up, "
           f"{args.threads} thread(s); energies ours vs fairchem: max relative difference "
           f"{figures['energy_max_rel_diff']:.1e}")
+    if peak_memory_note():
+        print(peak_memory_note())
     print("| figure | ours | fairchem | ours/fairchem |\n|---|---|---|---|")
     for fig in ("cpu_ms", "wall_ms", "peak_memory_mb"):
         o, t = figures[f"ours_{fig}"], figures[f"fairchem_{fig}"]

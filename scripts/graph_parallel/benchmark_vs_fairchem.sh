@@ -8,6 +8,8 @@
 # pure-PyTorch stand-ins. FAIRCHEM_PYTHON=<python> uses that interpreter instead of the venv. If fairchem
 # cannot be installed or imported, one `skip:` line and exit 0.
 set -euo pipefail
+# Two models in one process: their peak memory compares only under an allocator that returns freed memory.
+export MOLRECIPES_ALLOCATOR="${MOLRECIPES_ALLOCATOR:-system}"
 source "$(dirname "$0")/../env.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 venv="${FAIRCHEM_VENV:-/tmp/fcvenv}"

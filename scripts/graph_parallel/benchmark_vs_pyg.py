@@ -78,9 +78,27 @@ def s2ef_train_step(energy_forces, optimizer, batch):
     return loss.detach()
 
 
+CACHING_ALLOCATORS = ("tcmalloc", "jemalloc")
+
+
+def caching_allocator() -> str:
+    """The caching allocator preloaded into this process ("" if none). Memory one model frees stays in
+    the process under it, so the peak RSS of two models' steps in one process is the larger of the two
+    for both: :func:`interleaved_steps` then reports NaN peaks (the .sh wrappers use the system allocator)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    return next((name for name in CACHING_ALLOCATORS if name in preload), "")
+
+
+def peak_memory_note() -> str:
+    lib = caching_allocator()
+    return (f"peak memory: not measured, {lib} is preloaded (memory one model frees stays in the process); "
+            f"run with MOLRECIPES_ALLOCATOR=system (the .sh default) for it") if lib else ""
+
+
 def interleaved_steps(fns, warmup: int, rounds: int):
     """Per name of the two steps in ``fns``: (wall s, CPU s) of each timed call, the peak RSS (MB) and its peak
-    growth over the RSS before the call. One call of each per round, the order alternating by round."""
+    growth over the RSS before the call (NaN under a caching allocator, see :func:`caching_allocator`).
+    One call of each per round, the order alternating by round."""
     first, second = fns
     wall, cpu = {n: [] for n in fns}, {n: [] for n in fns}
     peak, growth = {n: 0.0 for n in fns}, {n: 0.0 for n in fns}
@@ -96,6 +114,8 @@ def interleaved_steps(fns, warmup: int, rounds: int):
                 cpu[name].append(c)
                 peak[name] = max(peak[name], _hwm_mb())
                 growth[name] = max(growth[name], _hwm_mb() - before)
+    if caching_allocator():
+        peak, growth = {n: float("nan") for n in fns}, {n: float("nan") for n in fns}
     return wall, cpu, peak, growth
 
 
@@ -246,6 +266,8 @@ def main(argv=None) -> int:
     print(f"DimeNet++ {args.preset}, batch {args.batch_size} of {'QM9 molecules' if args.molecules else 'EMT slabs'} ({figures['edges']} edges, {figures['triplets']} triplets), "
           f"{args.rounds} interleaved rounds after {args.warmup} warm-up, {args.threads} thread(s); "
           f"energies ours vs PyG: max relative difference {figures['energy_max_rel_diff']:.1e}")
+    if peak_memory_note():
+        print(peak_memory_note())
     print("| phase | figure | ours | PyG | ours/PyG |\n|---|---|---|---|---|")
     for phase in ("train", "inference"):
         if f"ours_{phase}_cpu_ms" not in figures:

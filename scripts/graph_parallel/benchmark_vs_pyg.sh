@@ -4,6 +4,8 @@
 # Prints a table per batch size (ours / PyG ratios) and a BENCH line; asserts nothing.
 #   PRESET=base BATCH_SIZES="8 32" ROUNDS=5 bash scripts/graph_parallel/benchmark_vs_pyg.sh
 set -euo pipefail
+# Two models in one process: their peak memory compares only under an allocator that returns freed memory.
+export MOLRECIPES_ALLOCATOR="${MOLRECIPES_ALLOCATOR:-system}"
 source "$(dirname "$0")/../env.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 for bs in ${BATCH_SIZES:-8 32}; do

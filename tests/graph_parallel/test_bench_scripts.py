@@ -67,6 +67,27 @@ def test_benchmark_vs_pyg_smoke():
     assert figures["ratio_train_throughput"] > 0 and figures["ratio_inference_throughput"] > 0
 
 
+def test_in_process_comparisons_report_no_peak_memory_under_a_caching_allocator(monkeypatch):
+    """Under tcmalloc or jemalloc the memory one model frees stays in the process, so both models
+    would show the same peak: the comparison reports NaN and says why, and the .sh wrappers
+    default to the system allocator."""
+    sys.path.insert(0, str(ROOT / "scripts" / "graph_parallel"))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark_vs_pyg
+
+    fns = {"a": lambda: torch.ones(1000).sum(), "b": lambda: torch.ones(2000).sum()}
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    _, _, peak, growth = benchmark_vs_pyg.interleaved_steps(fns, 0, 2)
+    assert all(v != v for v in [*peak.values(), *growth.values()])
+    assert "tcmalloc is preloaded" in benchmark_vs_pyg.peak_memory_note()
+    monkeypatch.setenv("LD_PRELOAD", "")
+    _, _, peak, _ = benchmark_vs_pyg.interleaved_steps(fns, 0, 2)
+    assert all(v > 0 for v in peak.values()) and benchmark_vs_pyg.peak_memory_note() == ""
+    for script in ("benchmark_vs_pyg.sh", "benchmark_vs_fairchem.sh"):
+        text = (ROOT / "scripts" / "graph_parallel" / script).read_text()
+        assert text.index('MOLRECIPES_ALLOCATOR="${MOLRECIPES_ALLOCATOR:-system}"') < text.index("env.sh")
+
+
 def test_benchmark_vs_fairchem_skips_with_one_line_without_fairchem(tmp_path):
     """An interpreter that lacks fairchem (this one: the project's environment never gets it) -> one
     `skip:` line, exit 0, no venv made and nothing run."""
