@@ -57,7 +57,8 @@ use_allocator || exit 2
 # OpenMP workers that finish a parallel region first sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE),
 # unless OMP_WAIT_POLICY is given (ACTIVE: spin, the OpenMP default). On shared cores a spinning worker
 # takes the CPU that the other jobs and the descheduled worker need: MoFlow with two threads beside a
-# matmul load, 1.47x the throughput; same wall time on a quiet machine (README, "Thread waiting").
+# matmul load, 1.6x the throughput, and no 10-20x collapse beside two; within noise on a quiet machine
+# (README, "Thread waiting").
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 # Benchmark scripts: take `--baseline REV` / `--baseline=REV` (or BASELINE=REV) out of the arguments.
