@@ -16,10 +16,14 @@ MODELS = {"dimenetpp": (DimeNetPP, DIMENETPP_PRESETS), "gemnet_t": (GemNetT, GEM
 CONFIGS = {"dimenetpp": DimeNetPPConfig, "gemnet_t": GemNetConfig, "gemnet_dt": GemNetConfig}
 
 
-def preset_config(name: str, preset: str = "base", **overrides) -> dict:
-    """The full config of a model by name and preset, with overrides, as ``model.config_dict()`` gives it."""
+def _known_model(name: str) -> None:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+
+
+def preset_config(name: str, preset: str = "base", **overrides) -> dict:
+    """The full config of a model by name and preset, with overrides, as ``model.config_dict()`` gives it."""
+    _known_model(name)
     presets = MODELS[name][1]
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {name}; choose from {sorted(presets)}")
@@ -44,8 +48,7 @@ def graph_kinds(name: str, config: dict) -> Tuple[str, str]:
 
 def config_from_dict(name: str, config: dict):
     """The config dataclass of model ``name`` from a full config dict (as checkpoints store it)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    _known_model(name)
     cfg_cls = CONFIGS[name]
     unknown = set(config) - set(cfg_cls.__dataclass_fields__)
     if unknown:
@@ -59,5 +62,6 @@ def model_from_config(name: str, config: dict) -> nn.Module:
 
 
 __all__ = ["build_model", "preset_config", "config_from_dict", "graph_kinds", "model_from_config", "count_parameters",
-           "predict", "model_graph", "edge_kind", "edge_kind_of", "he_orthogonal_", "MODELS", "CONFIGS", "DimeNetPP", "DimeNetPPConfig", "GemNetT", "GemNetConfig",
+           "predict", "model_graph", "edge_kind", "edge_kind_of", "he_orthogonal_", "MODELS", "CONFIGS", "DimeNetPP",
+           "DimeNetPPConfig", "GemNetT", "GemNetConfig",
            "fit_scale_factors", "load_scale_file", "save_scale_file", "scale_factors_by_name"]

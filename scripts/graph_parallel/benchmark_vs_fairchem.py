@@ -31,7 +31,8 @@ sys.path.append(ROOT)
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # scripts/: the shared harness
 import bench_harness as harness  # noqa: E402
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from benchmark_vs_pyg import interleaved_steps, peak_memory_note, s2ef_train_step  # noqa: E402  (the rounds and peak RSS, as for PyG)
+# the rounds, the peak RSS and the training step, as for PyG
+from benchmark_vs_pyg import interleaved_steps, peak_memory_note, s2ef_train_step  # noqa: E402
 
 SIZES = {   # the OC20 GemNet-T/dT sizes (= our "base" preset) and a tiny one for smoke runs
     "base": dict(num_spherical=7, num_radial=128, num_blocks=3, emb_size_atom=512, emb_size_edge=512,
@@ -172,8 +173,9 @@ def main(argv=None) -> int:
           f"edges), train with forces, {args.rounds} interleaved rounds after {args.warmup} warm-up, "
           f"{args.threads} thread(s); energies ours vs fairchem: max relative difference "
           f"{figures['energy_max_rel_diff']:.1e}")
-    if peak_memory_note():
-        print(peak_memory_note())
+    note = peak_memory_note()
+    if note:
+        print(note)
     print("| figure | ours | fairchem | ours/fairchem |\n|---|---|---|---|")
     for fig in ("cpu_ms", "wall_ms", "peak_memory_mb"):
         o, t = figures[f"ours_{fig}"], figures[f"fairchem_{fig}"]

@@ -47,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of each model per round)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also print each model's top ROWS ops per phase")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="also print each model's top ROWS ops per phase")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -266,8 +267,9 @@ def main(argv=None) -> int:
     print(f"DimeNet++ {args.preset}, batch {args.batch_size} of {'QM9 molecules' if args.molecules else 'EMT slabs'} ({figures['edges']} edges, {figures['triplets']} triplets), "
           f"{args.rounds} interleaved rounds after {args.warmup} warm-up, {args.threads} thread(s); "
           f"energies ours vs PyG: max relative difference {figures['energy_max_rel_diff']:.1e}")
-    if peak_memory_note():
-        print(peak_memory_note())
+    note = peak_memory_note()
+    if note:
+        print(note)
     print("| phase | figure | ours | PyG | ours/PyG |\n|---|---|---|---|---|")
     for phase in ("train", "inference"):
         if f"ours_{phase}_cpu_ms" not in figures:

@@ -7,10 +7,10 @@ under a reproducible load on the other core.
 Each run is one process (``bench_nvidia.py`` for theirs, ``bench_model.py --phase train`` for ours; the
 arguments after ``--`` go to both). ``--load`` starts a load generator for the whole comparison:
 ``matmul`` (one thread of float32 1024x1024 matmuls: compute and cache), ``stream`` (one thread copying
-a 256 MB tensor: memory bandwidth) or ``none``; ``--load_processes N`` starts N of them. ``--pin`` puts the benchmark on CPU 0 and the load on
-CPU 1 (else the scheduler shares both cores). Printed: per figure the medians, ``ratio`` = ours / theirs
-and ``paired`` (median of per-round ratios), as ``runtime.compare`` does; for times a ratio below 1 means
-ours is faster (``speed-up`` = 1 / ratio of CPU time).
+a 256 MB tensor: memory bandwidth) or ``none``; ``--load_processes N`` starts N of them. ``--pin`` puts
+the benchmark on CPU 0 and the load on CPU 1 (else the scheduler shares both cores). Printed: per figure
+the medians, ``ratio`` = ours / theirs and ``paired`` (median of per-round ratios), as ``runtime.compare``
+does; for times a ratio below 1 means ours is faster (``speed-up`` = 1 / ratio of CPU time).
 """
 import argparse
 import json
@@ -80,7 +80,8 @@ def compare(nvidia_dir: str, bench_args: List[str], rounds: int, load: str, pin:
         log(f"speed-up (CPU time per step, NVIDIA / ours): {1 / cpu['ratio']:.2f}x (paired {1 / cpu['paired']:.2f}x); "
             f"load {load}{f' x{load_processes}' if load_processes > 1 else ''}{', pinned' if pin else ''}, "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(OpenMP default)')}")
-    return {"load": load, "load_processes": load_processes, "pin": pin, "rounds": rounds, "command": cmds, "runs": runs, "summary": summary}
+    return {"load": load, "load_processes": load_processes, "pin": pin, "rounds": rounds, "command": cmds,
+            "runs": runs, "summary": summary}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
